@@ -1,0 +1,29 @@
+"""Shared detection operations: box formats, the box coder, matching, sampling, NMS and RoI pooling.
+
+Every stage (R-CNN, Fast R-CNN, Faster R-CNN) uses these and nothing else for this logic.
+"""
+from detect.ops.box_coder import BoxCoder
+from detect.ops.boxes import (
+    box_area,
+    box_iou,
+    clip_boxes,
+    clip_boxes_np,
+    cxcywh_to_xyxy,
+    nonempty_boxes,
+    remove_small_boxes,
+    scale_boxes,
+    xywh_to_xyxy,
+    xyxy_to_cxcywh,
+    xyxy_to_xywh,
+)
+from detect.ops.matcher import BACKGROUND, FOREGROUND, IGNORE, Matcher
+from detect.ops.nms import batched_nms, nms
+from detect.ops.roi import RoIPooler, assign_fpn_levels
+from detect.ops.sampler import BalancedSampler
+
+__all__ = [
+    "BACKGROUND", "FOREGROUND", "IGNORE", "BalancedSampler", "BoxCoder", "Matcher", "RoIPooler",
+    "assign_fpn_levels", "batched_nms", "box_area", "box_iou", "clip_boxes", "clip_boxes_np",
+    "cxcywh_to_xyxy", "nms", "nonempty_boxes", "remove_small_boxes", "scale_boxes", "xywh_to_xyxy",
+    "xyxy_to_cxcywh", "xyxy_to_xywh",
+]

@@ -1,0 +1,91 @@
+"""RoI pooling from a feature map of known stride (Fast R-CNN's RoI max pool, or RoI align).
+
+The kernels are ``torchvision.ops.roi_pool`` / ``roi_align``; this module fixes the conventions
+around them: boxes are xyxy in image pixels, the feature map's stride gives the spatial scale, and
+with several maps (FPN) each RoI is pooled from the level its size calls for (Lin et al. 2017, eq. 1).
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+from torchvision.ops import roi_align, roi_pool
+
+POOL_MODES = ("pool", "align")
+
+
+def assign_fpn_levels(boxes: torch.Tensor, min_level: int, max_level: int,
+                      canonical_size: float = 224.0, canonical_level: int = 4) -> torch.Tensor:
+    """FPN level of each ``(N, 4)`` xyxy box: ``floor(k0 + log2(sqrt(wh) / 224))`` clamped to the range.
+
+    Returns ``(N,)`` int64 indices relative to ``min_level`` (0 is the finest map).
+    """
+    sizes = torch.sqrt(((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=1e-6))
+    levels = torch.floor(canonical_level + torch.log2(sizes / canonical_size + 1e-8))
+    return (levels.clamp(min_level, max_level) - min_level).to(torch.int64)
+
+
+class RoIPooler(nn.Module):
+    """Pool a fixed ``output_size`` grid for each RoI from one or several feature maps.
+
+    Args:
+        output_size: ``(h, w)`` of the pooled grid (7x7 for VGG16's fc6, as in Fast R-CNN).
+        strides: stride of each feature map, finest first (``[16]`` for a C4 / conv5 backbone,
+            ``[4, 8, 16, 32]`` for FPN P2-P5). Strides must be powers of two.
+        mode: ``"pool"`` (max pooling, as in the papers) or ``"align"`` (bilinear, Mask R-CNN).
+        sampling_ratio: RoI align samples per bin side (0: adaptive, as torchvision).
+    """
+
+    def __init__(self, output_size: Union[int, Tuple[int, int]], strides: Sequence[int],
+                 mode: str = "pool", sampling_ratio: int = 0):
+        super().__init__()
+        if mode not in POOL_MODES:
+            raise ValueError(f"RoI pooling mode must be one of {POOL_MODES}, got {mode!r}")
+        if isinstance(output_size, int):
+            output_size = (output_size, output_size)
+        levels = [math.log2(s) for s in strides]
+        if any(lv != int(lv) for lv in levels):
+            raise ValueError(f"feature strides must be powers of two, got {list(strides)}")
+        self.output_size = tuple(output_size)
+        self.strides = list(strides)
+        self.mode = mode
+        self.sampling_ratio = sampling_ratio
+        self.min_level, self.max_level = int(levels[0]), int(levels[-1])
+
+    def forward(self, features: List[torch.Tensor], boxes: List[torch.Tensor]) -> torch.Tensor:
+        """Pool RoIs.
+
+        Args:
+            features: one ``(B, C, H_l, W_l)`` map per stride in ``self.strides``.
+            boxes: B tensors ``(R_i, 4)`` xyxy in image pixels.
+
+        Returns:
+            ``(sum R_i, C, h, w)`` pooled features, in the order of ``boxes``.
+        """
+        if len(features) != len(self.strides):
+            raise ValueError(f"RoIPooler built for {len(self.strides)} feature maps, got {len(features)}")
+        rois = self._to_rois(boxes, features[0])
+        if len(features) == 1:
+            return self._pool(features[0], rois, self.strides[0])
+
+        levels = assign_fpn_levels(rois[:, 1:], self.min_level, self.max_level)
+        out = features[0].new_zeros((rois.shape[0], features[0].shape[1]) + self.output_size)
+        for level, (feature, stride) in enumerate(zip(features, self.strides)):
+            idx = torch.nonzero(levels == level).flatten()
+            if idx.numel():
+                out[idx] = self._pool(feature, rois[idx], stride).to(out.dtype)
+        return out
+
+    @staticmethod
+    def _to_rois(boxes: List[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        # torchvision's (K, 5) format: batch index, then x1, y1, x2, y2.
+        rois = [torch.cat([b.new_full((b.shape[0], 1), float(i)), b], dim=1) for i, b in enumerate(boxes)]
+        return torch.cat(rois, dim=0).to(dtype=like.dtype, device=like.device)
+
+    def _pool(self, feature: torch.Tensor, rois: torch.Tensor, stride: int) -> torch.Tensor:
+        if self.mode == "pool":
+            return roi_pool(feature, rois, self.output_size, spatial_scale=1.0 / stride)
+        return roi_align(feature, rois, self.output_size, spatial_scale=1.0 / stride,
+                         sampling_ratio=self.sampling_ratio, aligned=True)

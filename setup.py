@@ -1,0 +1,49 @@
+"""Install `detect`: the R-CNN family (selective search, R-CNN, Fast R-CNN, Faster R-CNN) as shared parts."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+
+def read_version() -> str:
+    for line in (HERE / "detect" / "__init__.py").read_text().splitlines():
+        if line.startswith("__version__"):
+            return line.split("=")[1].strip().strip("\"'")
+    raise RuntimeError("detect/__init__.py has no __version__")
+
+
+setup(
+    name="detect",
+    version=read_version(),
+    description="Object detection with the R-CNN family built from one set of shared parts",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=find_packages(include=["detect", "detect.*"]),
+    include_package_data=True,
+    install_requires=[
+        "torch>=2.1,<3",
+        "torchvision>=0.16,<1",
+        "numpy>=1.23,<3",
+        # albumentations depends on the headless build; a second OpenCV build in the same
+        # environment would overwrite its files, so only the headless one is ever named here.
+        "opencv-python-headless>=4.8,<6",
+        "albumentations>=2.0,<3",
+        "pycocotools>=2.0.7,<3",
+        "pyyaml>=6.0,<7",
+        "tqdm>=4.64,<5",
+        "matplotlib>=3.7,<4",
+        "pillow>=9.0",
+    ],
+    extras_require={
+        "dev": ["pytest>=7.4,<10", "pytest-timeout>=2.1,<3"],
+        "fast-eval": ["faster-coco-eval>=1.6,<2"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: MIT License",
+        "Topic :: Scientific/Engineering :: Image Recognition",
+    ],
+)
