@@ -1,0 +1,253 @@
+"""Configuration: defaults in code, YAML files that may extend a base file, command-line overrides.
+
+    cfg = load_config("configs/faster_rcnn/bccd.yaml", ["train.max_iter=2000", "input.min_size=[480,512]"])
+    cfg.train.max_iter   # 2000
+
+- Every key has a default in :data:`DEFAULTS`; a file or an override only changes known keys. An
+  unknown key or a value of the wrong type is a :class:`ConfigError` naming the key, where it came
+  from (file or command line) and the nearest valid key.
+- A file may name the file it extends with ``_base_: relative/path.yaml`` (or a list, applied in
+  order); the base is read first and the file's keys override it.
+- Override values are parsed as YAML scalars or lists (``a.b=3``, ``a.b=[1,2]``, ``a.b=null``).
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import yaml
+
+BASE_KEY = "_base_"
+
+
+def _dataset_defaults() -> Dict[str, Any]:
+    return {
+        "format": "coco",     # coco | voc
+        "root": None,         # voc: folder with Annotations/, JPEGImages/, ImageSets/Main/
+        "split": None,        # voc: name of ImageSets/Main/<split>.txt
+        "ann_file": None,     # coco: annotation json
+        "img_dir": None,      # coco: folder the json's file_name are relative to
+    }
+
+
+DEFAULTS: Dict[str, Any] = {
+    "model": {
+        "backbone": {
+            "name": "resnet50",    # torchvision model name (vgg16, resnet18, resnet50, mobilenet_v3_large) or tiny
+            "pretrained": None,    # torchvision weights name ("DEFAULT", "IMAGENET1K_V1"), a local file, or null
+            "fpn": False,
+        },
+        "weights": None,           # a detection checkpoint to start from (transfer learning)
+    },
+    "input": {
+        "min_size": 600,           # short side when training; a list draws one per image (multi-scale)
+        "min_size_test": 600,
+        "max_size": 1000,          # cap on the long side
+        "flip_prob": 0.5,
+        "color_jitter": 0.0,
+    },
+    "data": {
+        "train": _dataset_defaults(),
+        "test": _dataset_defaults(),
+        "classes": [],             # class names in label order; empty: from the training annotations
+        "category_map": {},        # rename annotation names, {name: class} or {name: null} to drop
+        "num_workers": 2,
+    },
+    "train": {
+        "max_iter": 1000,
+        "max_minutes": 0.0,        # wall-clock budget; > 0 scales the schedule to it
+        "batch_size": 2,
+        "lr": 0.01,
+        "eval_period": 0,          # 0: only at the end
+        "checkpoint_period": 500,
+        "seed": 0,
+    },
+    "device": "auto",              # auto | cpu | cuda | cuda:N
+}
+
+# Keys whose type cannot be read off their default.
+_TYPES: Dict[str, Tuple[type, ...]] = {
+    "input.min_size": (int, list),
+    "input.min_size_test": (int,),
+    "data.category_map": (dict,),
+    "model.backbone.pretrained": (str, type(None)),
+    "model.weights": (str, type(None)),
+}
+_LIST_ITEMS: Dict[str, type] = {"input.min_size": int, "data.classes": str}
+_CHOICES: Dict[str, Sequence[str]] = {
+    "data.train.format": ("coco", "voc"),
+    "data.test.format": ("coco", "voc"),
+}
+_TYPE_NAMES = {bool: "true/false", int: "integer", float: "number", str: "string", list: "list",
+               dict: "mapping", type(None): "null"}
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used: unknown key, wrong type, unreadable file."""
+
+
+class Config(dict):
+    """A nested dict with attribute access (``cfg.train.lr``); leaves are plain values."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            nearest = difflib.get_close_matches(name, list(self.keys()), n=1)
+            hint = f" (did you mean {nearest[0]!r}?)" if nearest else ""
+            raise AttributeError(f"config has no key {name!r}{hint}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A plain-dict deep copy (for YAML, JSON and checkpoints)."""
+        return {k: v.to_dict() if isinstance(v, Config) else copy.deepcopy(v) for k, v in self.items()}
+
+    def get_path(self, dotted: str) -> Any:
+        node: Any = self
+        for part in dotted.split("."):
+            node = node[part]
+        return node
+
+
+def load_config(path: Optional[Union[str, Path]] = None, overrides: Iterable[str] = ()) -> Config:
+    """Defaults, then the file (after its bases), then ``overrides`` (``"key.sub=value"`` strings)."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        for source, data in _read_with_bases(Path(path), ()):
+            _merge(cfg, data, source, prefix="")
+    apply_overrides(cfg, overrides)
+    return _to_config(cfg)
+
+
+def config_from_dict(data: Dict[str, Any], source: str = "checkpoint") -> Config:
+    """Validate a plain dict (e.g. the config stored in a checkpoint) against the defaults."""
+    cfg = copy.deepcopy(DEFAULTS)
+    _merge(cfg, {k: v for k, v in data.items() if k != BASE_KEY}, source, prefix="")
+    return _to_config(cfg)
+
+
+def apply_overrides(cfg: Dict[str, Any], overrides: Iterable[str]) -> None:
+    """Apply ``"a.b.c=value"`` strings in place; values are parsed as YAML."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"command line: override {item!r} is not of the form key.sub=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"command line: cannot parse the value of {key!r}: {e}") from None
+        nested: Dict[str, Any] = {}
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+        _merge(cfg, nested, "command line", prefix="")
+
+
+def save_config(cfg: Dict[str, Any], path: Union[str, Path]) -> None:
+    """Write the fully resolved config as YAML (readable back with :func:`load_config`)."""
+    data = cfg.to_dict() if isinstance(cfg, Config) else cfg
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
+
+
+def _read_with_bases(path: Path, chain: Tuple[Path, ...]) -> List[Tuple[str, Dict[str, Any]]]:
+    path = path.resolve() if path.is_absolute() else Path.cwd() / path
+    if path in chain:
+        raise ConfigError(f"{path}: base files form a cycle: {' -> '.join(str(p) for p in chain + (path,))}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of keys, got {type(data).__name__}")
+    bases = data.pop(BASE_KEY, None) or []
+    if isinstance(bases, str):
+        bases = [bases]
+    layers: List[Tuple[str, Dict[str, Any]]] = []
+    for base in bases:
+        layers.extend(_read_with_bases(path.parent / base, chain + (path,)))
+    layers.append((str(path), data))
+    return layers
+
+
+def _all_keys(tree: Dict[str, Any], prefix: str = "") -> List[str]:
+    keys = []
+    for k, v in tree.items():
+        full = f"{prefix}{k}"
+        keys.append(full)
+        if isinstance(v, dict) and full not in _TYPES:
+            keys.extend(_all_keys(v, full + "."))
+    return keys
+
+
+def _merge(cfg: Dict[str, Any], data: Dict[str, Any], source: str, prefix: str) -> None:
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in cfg:
+            raise ConfigError(f"{source}: unknown key {full!r}{_nearest_hint(full)}")
+        current = cfg[key]
+        if isinstance(current, dict) and full not in _TYPES:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {full!r} is a section (keys: {', '.join(current)}), "
+                                  f"got the value {value!r}")
+            _merge(current, value, source, prefix=full + ".")
+        else:
+            cfg[key] = _check_value(full, value, current, source)
+
+
+def _nearest_hint(full: str) -> str:
+    candidates = _all_keys(DEFAULTS)
+    nearest = difflib.get_close_matches(full, candidates, n=1, cutoff=0.5)
+    if not nearest:  # compare the last part only: "train.learning_rate" vs "train.lr"
+        parent, _, leaf = full.rpartition(".")
+        siblings = [k for k in candidates if k.rpartition(".")[0] == parent]
+        nearest = difflib.get_close_matches(full, siblings, n=1, cutoff=0.0)
+    return f" (nearest valid key: {nearest[0]!r})" if nearest else ""
+
+
+def _check_value(key: str, value: Any, default: Any, source: str) -> Any:
+    allowed = _TYPES.get(key)
+    if allowed is None:
+        allowed = (str, type(None)) if default is None else (type(default),)
+    if float in allowed and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" as a string
+            value = float(value)
+        except ValueError:
+            pass
+    ok = any(_is_instance(value, t) for t in allowed)
+    if not ok:
+        wanted = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in allowed)
+        wanted = ("an " if wanted[0] in "aeiou" else "a ") + wanted if not wanted.startswith(("true", "null")) else wanted
+        raise ConfigError(f"{source}: {key!r} must be {wanted}, got {value!r} ({type(value).__name__})")
+    item_type = _LIST_ITEMS.get(key)
+    if isinstance(value, list) and item_type and not all(_is_instance(v, item_type) for v in value):
+        raise ConfigError(f"{source}: {key!r} must be a list of {_TYPE_NAMES[item_type]}s, got {value!r}")
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise ConfigError(f"{source}: {key!r} must be one of {list(_CHOICES[key])}, got {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool) and float in allowed:
+        value = float(value)
+    return copy.deepcopy(value)
+
+
+def _is_instance(value: Any, t: type) -> bool:
+    if t is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if t is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, t)
+
+
+def _to_config(tree: Dict[str, Any], prefix: str = "") -> Config:
+    out = Config()
+    for k, v in tree.items():
+        full = f"{prefix}{k}"
+        out[k] = _to_config(v, full + ".") if isinstance(v, dict) and full not in _TYPES else v
+    return out

@@ -1,0 +1,112 @@
+"""Reading images: every loader in the package goes through :func:`read_image`.
+
+The result is always ``HxWx3`` uint8 RGB as displayed: EXIF orientation applied (a phone photo
+stored sideways is returned upright, so boxes refer to what a person sees), grayscale expanded to
+three channels, the alpha channel of RGBA dropped, 16-bit and float images brought to 8 bits.
+
+Failures raise :class:`ImageReadError` naming the file and the reason, never a bare OpenCV error:
+callers that can go on (image folders) catch it, report and skip; callers that cannot (a training
+set) let it stop the run with that message.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Union
+
+import cv2
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+# ANYDEPTH keeps 16-bit data for a proper conversion; ANYCOLOR keeps grayscale as one channel.
+# Unlike IMREAD_UNCHANGED, this combination still applies the EXIF orientation.
+_DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+
+
+class ImageReadError(OSError):
+    """An image file that cannot be used: missing, unreadable, truncated or not an image."""
+
+    def __init__(self, path: Union[str, Path], reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+def read_image(path: Union[str, Path]) -> np.ndarray:
+    """Read an image file as ``HxWx3`` uint8 RGB, EXIF orientation applied.
+
+    Raises:
+        ImageReadError: the file is missing, empty, truncated or cannot be decoded.
+    """
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)  # fromfile + imdecode also handles non-ASCII paths
+    except FileNotFoundError:
+        raise ImageReadError(path, "file not found") from None
+    except IsADirectoryError:
+        raise ImageReadError(path, "is a directory, not an image file") from None
+    except OSError as e:
+        raise ImageReadError(path, f"cannot read file ({e.strerror or e})") from None
+    if data.size == 0:
+        raise ImageReadError(path, "file is empty")
+    truncated = _truncation_reason(data)
+    if truncated:
+        raise ImageReadError(path, truncated)
+    image = cv2.imdecode(data, _DECODE_FLAGS)
+    if image is None:
+        raise ImageReadError(path, "not a decodable image (unknown format or corrupt data)")
+    return to_rgb_uint8(image, channel_order="bgr")
+
+
+def to_rgb_uint8(image: np.ndarray, channel_order: str = "rgb") -> np.ndarray:
+    """Bring an array of any common layout to ``HxWx3`` uint8 RGB.
+
+    Accepts ``HxW`` (grayscale), ``HxWx1``, ``HxWx3`` and ``HxWx4`` (alpha dropped), in uint8,
+    uint16 (scaled by 1/257, as OpenCV does), or float (``[0, 1]`` if its maximum is <= 1, else
+    ``[0, 255]``). ``channel_order`` says whether colour input is RGB or BGR (OpenCV's order).
+    """
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise ValueError(f"expected an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {image.shape}")
+    image = _to_uint8(image)
+    if image.shape[2] == 1:
+        return np.ascontiguousarray(np.repeat(image, 3, axis=2))
+    image = image[:, :, :3]
+    if channel_order == "bgr":
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(image)
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return (image // 257).astype(np.uint8)
+    if np.issubdtype(image.dtype, np.floating):
+        finite = np.nan_to_num(image.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        scale = 255.0 if finite.size and finite.max() <= 1.0 else 1.0
+        return np.clip(finite * scale + 0.5, 0, 255).astype(np.uint8)
+    if np.issubdtype(image.dtype, np.integer) or image.dtype == np.bool_:
+        return np.clip(image, 0, 255).astype(np.uint8)
+    raise ValueError(f"unsupported image dtype {image.dtype}")
+
+
+def _truncation_reason(data: np.ndarray) -> str:
+    """Detect JPEG and PNG files cut short (OpenCV would decode them silently with grey or garbage
+    rows, and a model would then be trained or evaluated on half an image)."""
+    head = data[:8].tobytes()
+    if head[:2] == b"\xff\xd8":  # JPEG: must end with the EOI marker (some writers pad after it)
+        tail = data[-4096:].tobytes().rstrip(b"\x00\r\n ")
+        if not tail.endswith(b"\xff\xd9"):
+            return "truncated JPEG (no end-of-image marker)"
+    elif head == b"\x89PNG\r\n\x1a\n":  # PNG: must contain its IEND chunk
+        if b"IEND" not in data[-64:].tobytes():
+            return "truncated PNG (no IEND chunk)"
+    return ""
+
+
+def is_image_file(path: Union[str, os.PathLike]) -> bool:
+    """True when the file name has one of :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
+    return str(path).lower().endswith(IMAGE_EXTENSIONS)

@@ -1,0 +1,77 @@
+"""Dataset statistics, from the annotations alone (no image is decoded)."""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Dict, List
+
+import numpy as np
+
+from detect.data.dataset import DetectionDataset
+from detect.ops.boxes import box_area
+
+# Edges of sqrt(box area) in pixels; 32 and 96 are COCO's small / medium / large limits.
+SIZE_EDGES = (0, 8, 16, 32, 64, 96, 128, 256, 512)
+
+
+def dataset_stats(dataset: DetectionDataset) -> Dict[str, Any]:
+    """Counts a user checks before training: images, boxes per class, box sizes, problems."""
+    per_class = Counter()
+    ignored = Counter()
+    sizes: List[np.ndarray] = []
+    empty = 0
+    for record in dataset.records:
+        if len(record.labels) == 0:
+            empty += 1
+        for label, ign in zip(record.labels.tolist(), record.ignore.tolist()):
+            (ignored if ign else per_class)[dataset.class_names[label - 1]] += 1
+        sizes.append(np.sqrt(np.maximum(box_area(record.boxes), 0)))
+    sizes_all = np.concatenate(sizes) if sizes else np.zeros(0)
+    edges = list(SIZE_EDGES) + [np.inf]
+    hist = np.histogram(sizes_all, bins=edges)[0] if sizes_all.size else np.zeros(len(edges) - 1, int)
+    return {
+        "dataset": dataset.description,
+        "images": len(dataset),
+        "boxes": int(sum(per_class.values()) + sum(ignored.values())),
+        "classes": list(dataset.class_names),
+        "boxes_per_class": {name: per_class.get(name, 0) for name in dataset.class_names},
+        "ignored_per_class": {name: ignored.get(name, 0) for name in dataset.class_names},
+        "images_without_boxes": empty,
+        "size_histogram": [{"from": lo, "to": None if hi == np.inf else hi, "count": int(c)}
+                           for lo, hi, c in zip(edges[:-1], edges[1:], hist)],
+        "coco_sizes": {"small": int((sizes_all < 32).sum()),
+                       "medium": int(((sizes_all >= 32) & (sizes_all < 96)).sum()),
+                       "large": int((sizes_all >= 96).sum())},
+        "problems": [{"file": p.file, "object": p.obj, "kind": p.kind, "message": p.message}
+                     for p in dataset.problems],
+    }
+
+
+def format_stats(stats: Dict[str, Any], title: str = "", bar_width: int = 40) -> str:
+    """The statistics as a terminal report with bar charts."""
+    lines = [f"== {title or stats['dataset']}",
+             f"images: {stats['images']}   boxes: {stats['boxes']}   "
+             f"images without boxes: {stats['images_without_boxes']}", "", "boxes per class:"]
+    counts = stats["boxes_per_class"]
+    width = max(len(n) for n in counts) if counts else 5
+    top = max(list(counts.values()) + [1])
+    for name, n in counts.items():
+        ign = stats["ignored_per_class"].get(name, 0)
+        extra = f"  (+{ign} ignored)" if ign else ""
+        lines.append(f"  {name:<{width}} {n:>7}  {_bar(n, top, bar_width)}{extra}")
+    lines += ["", "box size, sqrt(area) in px:"]
+    top = max([b["count"] for b in stats["size_histogram"]] + [1])
+    for b in stats["size_histogram"]:
+        label = f"{b['from']}-{b['to']}" if b["to"] is not None else f">={b['from']}"
+        lines.append(f"  {label:>8} {b['count']:>7}  {_bar(b['count'], top, bar_width)}")
+    s = stats["coco_sizes"]
+    lines.append(f"  COCO small (<32): {s['small']}   medium: {s['medium']}   large (>=96): {s['large']}")
+    problems = stats["problems"]
+    lines += ["", f"problems: {len(problems)}"]
+    for p in problems:
+        where = p["file"] if p["object"] is None else f"{p['file']}, {p['object']}"
+        lines.append(f"  [{p['kind']}] {where}: {p['message']}")
+    return "\n".join(lines)
+
+
+def _bar(n: int, top: int, width: int) -> str:
+    return "#" * int(round(width * n / top)) if top else ""

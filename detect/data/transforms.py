@@ -1,0 +1,99 @@
+"""Training and test transforms, on albumentations and its box support.
+
+Resizing follows the R-CNN papers: the short side becomes ``min_size`` (one drawn at random from a
+list for multi-scale training) unless that makes the long side exceed ``max_size``. The test-time
+transform is the same resize with no randomness; the scale it applied is kept in the target
+(``scale``: x and y factors) so predictions can be mapped back to the original file.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import albumentations as A
+import cv2
+import numpy as np
+
+from detect.ops.boxes import scale_boxes
+
+Size = Union[int, Sequence[int]]
+
+
+class ResizeShortestEdge(A.MaxSizeTransform):
+    """Scale so the short side is ``min_size`` (random choice from a list), the long side at most
+    ``max_size``; one resize, aspect ratio kept. Boxes follow (albumentations keeps them normalised)."""
+
+    def __init__(self, min_size: Size, max_size: int, interpolation: int = cv2.INTER_LINEAR, p: float = 1.0):
+        sizes = [int(min_size)] if isinstance(min_size, (int, float)) else [int(s) for s in min_size]
+        if not sizes or min(sizes) <= 0 or max_size <= 0:
+            raise ValueError(f"sizes must be positive: min_size={min_size}, max_size={max_size}")
+        super().__init__(max_size=sizes, interpolation=interpolation, p=p)
+        self.min_sizes = sizes
+        self.long_max = int(max_size)
+
+    def get_params_dependent_on_data(self, params: Dict[str, Any], data: Dict[str, Any]) -> Dict[str, Any]:
+        height, width = params["shape"][:2]
+        short = self.py_random.choice(self.min_sizes) if len(self.min_sizes) > 1 else self.min_sizes[0]
+        scale = min(short / min(height, width), self.long_max / max(height, width))
+        return {"scale": scale}
+
+
+class DetectionTransform:
+    """``(image, target) -> (image, target)``: resize, and when training, flip and colour jitter.
+
+    The target's ``boxes``, ``labels`` and ``ignore`` move together (albumentations may drop a box
+    and its labels as one). ``scale`` = ``(new_w / old_w, new_h / old_h)`` is added to the target.
+
+    Args:
+        min_size: short side after resizing; a list draws one per image (multi-scale training).
+        max_size: cap on the long side.
+        train: enable the random flip and photometric jitter.
+        flip_prob: probability of a horizontal flip when training.
+        color_jitter: strength of brightness / contrast / saturation jitter (0 disables; hue moves
+            a tenth as far), applied to half of the training images.
+    """
+
+    def __init__(self, min_size: Size, max_size: int, train: bool = False, flip_prob: float = 0.5,
+                 color_jitter: float = 0.0):
+        steps = [ResizeShortestEdge(min_size if train else _first(min_size), max_size)]
+        if train and flip_prob > 0:
+            steps.append(A.HorizontalFlip(p=flip_prob))
+        if train and color_jitter > 0:
+            steps.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter,
+                                       saturation=color_jitter, hue=min(0.5, color_jitter / 10), p=0.5))
+        self.train = train
+        self.pipeline = A.Compose(
+            steps, bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels", "ignore"],
+                                            clip=True, filter_invalid_bboxes=True))
+
+    def set_seed(self, seed: Optional[int]) -> None:
+        """Seed the random draws (call once per DataLoader worker with distinct seeds)."""
+        self.pipeline.set_random_seed(seed)
+
+    def __call__(self, image: np.ndarray, target: Dict[str, Any]) -> Tuple[np.ndarray, Dict[str, Any]]:
+        height, width = image.shape[:2]
+        out = self.pipeline(image=image, bboxes=np.asarray(target["boxes"], np.float32).reshape(-1, 4),
+                            labels=np.asarray(target["labels"], np.int64),
+                            ignore=np.asarray(target["ignore"], bool))
+        new_h, new_w = out["image"].shape[:2]
+        target = dict(target)
+        target["boxes"] = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
+        target["labels"] = np.asarray(out["labels"], np.int64)
+        target["ignore"] = np.asarray(out["ignore"], bool)
+        target["scale"] = (new_w / width, new_h / height)
+        return out["image"], target
+
+
+def _first(size: Size) -> int:
+    return int(size) if isinstance(size, (int, float)) else int(size[0])
+
+
+def boxes_to_original(boxes, scale: Tuple[float, float]):
+    """Map boxes predicted on a transformed image back to the original file's pixels."""
+    return scale_boxes(boxes, (1.0 / scale[0], 1.0 / scale[1]))
+
+
+def build_transforms(cfg, train: bool) -> DetectionTransform:
+    """The transform a config asks for (``input.*`` keys)."""
+    inp = cfg.input
+    return DetectionTransform(inp.min_size if train else inp.min_size_test, inp.max_size, train=train,
+                              flip_prob=inp.flip_prob, color_jitter=inp.color_jitter)
