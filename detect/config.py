@@ -205,11 +205,14 @@ def _merge(cfg: Dict[str, Any], data: Dict[str, Any], source: str, prefix: str) 
 
 def _nearest_hint(full: str) -> str:
     candidates = _all_keys(DEFAULTS)
-    nearest = difflib.get_close_matches(full, candidates, n=1, cutoff=0.5)
-    if not nearest:  # compare the last part only: "train.learning_rate" vs "train.lr"
-        parent, _, leaf = full.rpartition(".")
-        siblings = [k for k in candidates if k.rpartition(".")[0] == parent]
-        nearest = difflib.get_close_matches(full, siblings, n=1, cutoff=0.0)
+    parent, _, leaf = full.rpartition(".")
+    siblings = [k for k in candidates if k.rpartition(".")[0] == parent]
+    initials = lambda name: "".join(w[0] for w in name.split("_") if w)
+    # An abbreviation of a sibling, or the other way round: "learning_rate" for "lr".
+    nearest = [k for k in siblings if initials(leaf) == k.rpartition(".")[2] or
+               initials(k.rpartition(".")[2]) == leaf]
+    nearest = nearest or difflib.get_close_matches(full, candidates, n=1, cutoff=0.5)
+    nearest = nearest or difflib.get_close_matches(full, siblings, n=1, cutoff=0.0)
     return f" (nearest valid key: {nearest[0]!r})" if nearest else ""
 
 

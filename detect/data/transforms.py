@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import albumentations as A
+from albumentations.augmentations.geometric.resize import MaxSizeTransform
 import cv2
 import numpy as np
 
@@ -18,7 +19,7 @@ from detect.ops.boxes import scale_boxes
 Size = Union[int, Sequence[int]]
 
 
-class ResizeShortestEdge(A.MaxSizeTransform):
+class ResizeShortestEdge(MaxSizeTransform):
     """Scale so the short side is ``min_size`` (random choice from a list), the long side at most
     ``max_size``; one resize, aspect ratio kept. Boxes follow (albumentations keeps them normalised)."""
 

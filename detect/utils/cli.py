@@ -1,0 +1,32 @@
+"""What every command-line tool shares: logging to the terminal, and errors as one clear line.
+
+A user's mistake (a missing file, an unknown config key, a bad annotation) is reported as
+``error: <message>`` with exit status 2, never as a traceback from deep inside a library.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable, Optional, Sequence
+
+from detect.config import ConfigError
+from detect.data.dataset import DatasetError
+from detect.data.image_io import ImageReadError
+
+USER_ERRORS = (ConfigError, DatasetError, ImageReadError, FileNotFoundError)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr, force=True)
+
+
+def run_cli(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None) -> int:
+    """Run a tool's ``main``; user errors become ``error: ...`` on stderr and exit status 2."""
+    try:
+        return main(argv)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

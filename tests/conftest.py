@@ -1,0 +1,56 @@
+"""Shared fixtures: small hand-made datasets and the optional BCCD folder."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BCCD = REPO.parent / "shared" / "data" / "BCCD"
+
+
+def write_rgb(path: Path, image: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return path
+
+
+@pytest.fixture
+def bccd_root() -> Path:
+    if not (BCCD / "Annotations").is_dir():
+        pytest.skip(f"BCCD not found at {BCCD}")
+    return BCCD
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory) -> Path:
+    """A small synthetic shapes dataset, generated once per test session."""
+    from detect.data.synthetic import generate_dataset
+
+    out = tmp_path_factory.mktemp("shapes")
+    return generate_dataset(out, num_train=12, num_test=4, seed=0, long_side=96)
+
+
+@pytest.fixture
+def coco_dir(tmp_path) -> Path:
+    """Two 100x80 images; annotations with a normal box, a degenerate one, one reaching outside the
+    image, a crowd box, and an image with no objects."""
+    img = np.zeros((80, 100, 3), np.uint8)
+    write_rgb(tmp_path / "images" / "a.jpg", img)
+    write_rgb(tmp_path / "images" / "b.jpg", img)
+    data = {
+        "images": [{"id": 7, "file_name": "a.jpg", "width": 100, "height": 80},
+                   {"id": 9, "file_name": "b.jpg", "width": 100, "height": 80}],
+        "categories": [{"id": 5, "name": "dog"}, {"id": 2, "name": "cat"}],
+        "annotations": [
+            {"id": 1, "image_id": 7, "category_id": 2, "bbox": [10, 20, 30, 40], "area": 1200, "iscrowd": 0},
+            {"id": 2, "image_id": 7, "category_id": 5, "bbox": [50, 10, 0, 5], "area": 0, "iscrowd": 0},
+            {"id": 3, "image_id": 7, "category_id": 5, "bbox": [90, 60, 20, 30], "area": 600, "iscrowd": 0},
+            {"id": 4, "image_id": 7, "category_id": 5, "bbox": [0, 0, 10, 10], "area": 100, "iscrowd": 1},
+        ],
+    }
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    return tmp_path
