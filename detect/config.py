@@ -34,12 +34,44 @@ def _dataset_defaults() -> Dict[str, Any]:
 
 DEFAULTS: Dict[str, Any] = {
     "model": {
+        "type": "faster_rcnn",
         "backbone": {
             "name": "resnet50",    # torchvision model name (vgg16, resnet18, resnet50, mobilenet_v3_large) or tiny
             "pretrained": None,    # torchvision weights name ("DEFAULT", "IMAGENET1K_V1"), a local file, or null
             "fpn": False,
+            "norm": "auto",        # frozen_bn | bn; auto: frozen with pretrained weights, bn from scratch
+            "freeze_at": -1,       # stages without gradients; -1: 2 with pretrained weights, else 0
         },
         "weights": None,           # a detection checkpoint to start from (transfer learning)
+        "rpn": {
+            "anchor_sizes": [],    # one list per level; empty: [32..512] on one map, 8 x stride per FPN level
+            "aspect_ratios": [0.5, 1.0, 2.0],
+            "fg_iou": 0.7,
+            "bg_iou": 0.3,
+            "batch_size_per_image": 256,
+            "positive_fraction": 0.5,
+            "pre_nms_topk_train": 2000,   # per level
+            "pre_nms_topk_test": 1000,
+            "post_nms_topk_train": 2000,
+            "post_nms_topk_test": 300,    # the paper tests with 300 proposals
+            "nms_thresh": 0.7,
+        },
+        "roi_head": {
+            "pooler": "pool",      # pool (RoI max pooling, the papers) | align
+            "resolution": 7,
+            "sampling_ratio": 2,   # RoI align only
+            "box_head": "fc",      # fc (two fully connected layers) | res5 (ResNet C4 backbones)
+            "fc_dim": 1024,
+            "fg_iou": 0.5,
+            "bg_iou_low": 0.0,     # Fast R-CNN: 0.1 (background from [0.1, 0.5))
+            "batch_size_per_image": 512,
+            "positive_fraction": 0.25,
+            "bbox_reg_weights": [10.0, 10.0, 5.0, 5.0],
+            "smooth_l1_beta": 1.0,
+            "score_thresh": 0.05,
+            "nms_thresh": 0.5,
+            "detections_per_image": 100,
+        },
     },
     "input": {
         "min_size": 600,           # short side when training; a list draws one per image (multi-scale)
@@ -75,8 +107,14 @@ _TYPES: Dict[str, Tuple[type, ...]] = {
     "model.backbone.pretrained": (str, type(None)),
     "model.weights": (str, type(None)),
 }
-_LIST_ITEMS: Dict[str, type] = {"input.min_size": int, "data.classes": str}
+_LIST_ITEMS: Dict[str, type] = {"input.min_size": int, "data.classes": str, "model.rpn.anchor_sizes": list,
+                                 "model.rpn.aspect_ratios": float, "model.roi_head.bbox_reg_weights": float}
 _CHOICES: Dict[str, Sequence[str]] = {
+    "model.type": ("faster_rcnn",),
+    "model.backbone.name": ("vgg16", "resnet18", "resnet50", "mobilenet_v3_large", "tiny"),
+    "model.backbone.norm": ("auto", "frozen_bn", "bn"),
+    "model.roi_head.pooler": ("pool", "align"),
+    "model.roi_head.box_head": ("fc", "res5"),
     "data.train.format": ("coco", "voc"),
     "data.test.format": ("coco", "voc"),
 }

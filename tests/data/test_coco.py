@@ -91,3 +91,12 @@ def test_coco_round_trip_through_pycocotools(coco_dir, tmp_path):
     again = load_coco(out, coco_dir / "images")
     np.testing.assert_array_equal(again.records[0].boxes, ds.records[0].boxes)
     assert again.records[0].ignore.tolist() == ds.records[0].ignore.tolist()
+
+
+def test_dropped_boxes_are_logged_with_file_and_object(coco_dir, caplog):
+    with caplog.at_level("WARNING", logger="detect"):
+        load_coco(coco_dir / "ann.json", coco_dir / "images")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "ann.json" in warnings[0] and "a.jpg" in warnings[0] and "annotation id 2" in warnings[0]
+    assert "degenerate" in warnings[0]

@@ -1,0 +1,63 @@
+"""Anchor boxes (Ren et al. 2015, section 3.1.1): at every feature-map cell, one box per
+(size, aspect ratio), centred on the cell."""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from torch import nn
+
+
+def cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> torch.Tensor:
+    """``(len(sizes) * len(aspect_ratios), 4)`` xyxy boxes centred on (0, 0).
+
+    A size ``s`` and ratio ``r = h / w`` give ``w = s / sqrt(r)``, ``h = s * sqrt(r)``: the area stays
+    ``s**2`` whatever the ratio. Order: sizes outer, ratios inner.
+    """
+    boxes = []
+    for s in sizes:
+        for r in aspect_ratios:
+            w, h = s / math.sqrt(r), s * math.sqrt(r)
+            boxes.append([-w / 2, -h / 2, w / 2, h / 2])
+    return torch.tensor(boxes, dtype=torch.float32)
+
+
+class AnchorGenerator(nn.Module):
+    """Anchors for each feature level.
+
+    Args:
+        sizes: one list of sizes (pixels, sqrt of area) per level.
+        aspect_ratios: height / width ratios, the same on every level.
+        strides: stride of each level.
+    """
+
+    def __init__(self, sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[float], strides: Sequence[int]):
+        super().__init__()
+        if len(sizes) != len(strides):
+            raise ValueError(f"anchor sizes are given for {len(sizes)} levels but the backbone has "
+                             f"{len(strides)} (model.rpn.anchor_sizes)")
+        self.strides = list(strides)
+        self.cells = [cell_anchors(s, aspect_ratios) for s in sizes]
+        self._cache: Dict[Tuple, List[torch.Tensor]] = {}
+
+    @property
+    def num_anchors_per_cell(self) -> int:
+        return self.cells[0].shape[0]
+
+    def forward(self, feature_sizes: Sequence[Tuple[int, int]], device: torch.device) -> List[torch.Tensor]:
+        """Anchors per level, ``(H_l * W_l * A, 4)`` xyxy, ordered (y, x, anchor) as the head's outputs."""
+        key = (tuple(feature_sizes), str(device))
+        if key not in self._cache:
+            self._cache[key] = [self._grid(size, stride, cell.to(device))
+                                for size, stride, cell in zip(feature_sizes, self.strides, self.cells)]
+        return self._cache[key]
+
+    @staticmethod
+    def _grid(size: Tuple[int, int], stride: int, cell: torch.Tensor) -> torch.Tensor:
+        h, w = size
+        ys = (torch.arange(h, device=cell.device, dtype=torch.float32) + 0.5) * stride
+        xs = (torch.arange(w, device=cell.device, dtype=torch.float32) + 0.5) * stride
+        cy, cx = torch.meshgrid(ys, xs, indexing="ij")
+        centres = torch.stack([cx, cy, cx, cy], dim=-1).reshape(-1, 1, 4)
+        return (centres + cell[None]).reshape(-1, 4)

@@ -1,0 +1,187 @@
+"""The one backbone builder: torchvision's classification networks (or a tiny net for tests) cut
+into stages, returning one feature map (C4 / conv5, stride 16, as in the R-CNN papers) or an FPN.
+
+=====================  ==================================  ========================================
+name                   single map (``fpn: false``)          FPN (``fpn: true``), + max-pooled level
+=====================  ==================================  ========================================
+vgg16                  conv5_3, stride 16, 512 ch           conv3 / conv4 / conv5 at 8 / 16 / 32
+resnet18, resnet50     C4 (layer3), stride 16; layer4 is    C2-C5 at 4-32 (torchvision / detectron2)
+                       left for the res5 RoI head
+mobilenet_v3_large     stride-16 block output (112 ch)      stride 8 / 16 / 32 blocks
+tiny                   4 conv blocks, stride 16, 64 ch      stride 8 / 16 / 32
+=====================  ==================================  ========================================
+
+``pretrained`` is a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V1``: downloaded by
+torchvision where a network exists), a local state-dict file, or ``None`` (random initialisation).
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+logger = logging.getLogger(__name__)
+
+BACKBONES = ("vgg16", "resnet18", "resnet50", "mobilenet_v3_large", "tiny")
+FPN_CHANNELS = 256
+
+
+class Stage(nn.Sequential):
+    """A run of layers ending at a given stride with a given number of channels."""
+
+    def __init__(self, layers: Sequence[nn.Module], stride: int, channels: int):
+        super().__init__(*layers)
+        self.stride = stride
+        self.channels = channels
+
+
+class Backbone(nn.Module):
+    """Stages run in order; the outputs of ``return_stages`` (optionally through an FPN) come back
+    as a list of maps, finest first.
+
+    Attributes:
+        strides: stride of each returned map (with FPN, the extra max-pooled level last).
+        roi_strides: the maps RoI heads pool from (FPN's extra level is for the RPN only).
+        out_channels: channels of every returned map.
+        res5: ResNet's last stage when it is not part of the backbone (for the res5 RoI head).
+    """
+
+    def __init__(self, stages: Sequence[Stage], return_stages: Sequence[int], fpn: bool,
+                 res5: Optional[nn.Module] = None):
+        super().__init__()
+        last = max(return_stages)
+        self.stages = nn.ModuleList(stages[: last + 1])
+        self.return_stages = list(return_stages)
+        self.res5 = res5
+        strides = [stages[i].stride for i in return_stages]
+        if fpn:
+            self.fpn = FeaturePyramidNetwork([stages[i].channels for i in return_stages], FPN_CHANNELS,
+                                             extra_blocks=LastLevelMaxPool())
+            self.out_channels = FPN_CHANNELS
+            self.roi_strides = strides
+            self.strides = strides + [strides[-1] * 2]
+        else:
+            if len(return_stages) != 1:
+                raise ValueError("without FPN a backbone returns one feature map")
+            self.fpn = None
+            self.out_channels = stages[return_stages[0]].channels
+            self.roi_strides = self.strides = strides
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """``(B, 3, H, W)`` normalised images -> maps ``(B, C, H / s, W / s)`` for each stride s."""
+        outputs = OrderedDict()
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in self.return_stages:
+                outputs[str(i)] = x
+        if self.fpn is None:
+            return list(outputs.values())
+        return list(self.fpn(outputs).values())
+
+    def freeze(self, num_stages: int) -> List[str]:
+        """Stop gradients in the first ``num_stages`` stages; returns the frozen parameter names."""
+        frozen = []
+        for i, stage in enumerate(self.stages[:num_stages]):
+            for name, p in stage.named_parameters():
+                p.requires_grad_(False)
+                frozen.append(f"stages.{i}.{name}")
+        return frozen
+
+
+def _norm_layer(norm: str):
+    if norm == "frozen_bn":
+        return FrozenBatchNorm2d
+    if norm == "bn":
+        return nn.BatchNorm2d
+    raise ValueError(f"model.backbone.norm must be frozen_bn or bn, got {norm!r}")
+
+
+def _torchvision_model(name: str, pretrained: Optional[str], **kwargs) -> nn.Module:
+    """A torchvision classification model, with weights by torchvision name or from a local file."""
+    if pretrained and not Path(pretrained).is_file():
+        try:
+            weights = torchvision.models.get_model_weights(name)[pretrained] if pretrained != "DEFAULT" \
+                else torchvision.models.get_model_weights(name).DEFAULT
+        except KeyError:
+            names = [w.name for w in torchvision.models.get_model_weights(name)]
+            raise ValueError(f"model.backbone.pretrained={pretrained!r} is neither a file nor a torchvision "
+                             f"weights name for {name} ({', '.join(['DEFAULT'] + names)})") from None
+        logger.info("loading %s weights %s through torchvision (downloads them if not cached)", name, weights)
+        return torchvision.models.get_model(name, weights=weights, **kwargs)
+    model = torchvision.models.get_model(name, weights=None, **kwargs)
+    if pretrained:
+        state = torch.load(pretrained, map_location="cpu", weights_only=True)
+        state = state.get("model", state) if isinstance(state, dict) else state
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        logger.info("loaded %s from %s (%d missing, %d unexpected keys)", name, pretrained, len(missing),
+                    len(unexpected))
+    return model
+
+
+def _resnet_stages(name: str, pretrained: Optional[str], norm: str) -> List[Stage]:
+    m = _torchvision_model(name, pretrained, norm_layer=_norm_layer(norm))
+    widths = [64, 128, 256, 512] if name == "resnet18" else [256, 512, 1024, 2048]
+    return [Stage([m.conv1, m.bn1, m.relu, m.maxpool], 4, 64),
+            Stage([m.layer1], 4, widths[0]), Stage([m.layer2], 8, widths[1]),
+            Stage([m.layer3], 16, widths[2]), Stage([m.layer4], 32, widths[3])]
+
+
+def _vgg_stages(pretrained: Optional[str], fpn: bool) -> List[Stage]:
+    f = _torchvision_model("vgg16", pretrained).features
+    # conv5_3 keeps stride 16 (the last max-pool is dropped) as in Fast / Faster R-CNN; FPN keeps it.
+    last = list(f[24:31]) if fpn else list(f[24:30])
+    return [Stage(f[0:5], 2, 64), Stage(f[5:10], 4, 128), Stage(f[10:17], 8, 256),
+            Stage(f[17:24], 16, 512), Stage(last, 32 if fpn else 16, 512)]
+
+
+def _mobilenet_stages(pretrained: Optional[str], norm: str) -> List[Stage]:
+    f = _torchvision_model("mobilenet_v3_large", pretrained, norm_layer=_norm_layer(norm)).features
+    return [Stage(f[0:2], 2, 16), Stage(f[2:4], 4, 24), Stage(f[4:7], 8, 40),
+            Stage(f[7:13], 16, 112), Stage(f[13:17], 32, 960)]
+
+
+def _conv_block(cin: int, cout: int, norm: str) -> List[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), _norm_layer(norm)(cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), _norm_layer(norm)(cout), nn.ReLU(inplace=True)]
+
+
+def _tiny_stages(norm: str) -> List[Stage]:
+    """A small CNN for tests and quick experiments (about 0.3 M parameters)."""
+    return [Stage(_conv_block(3, 16, norm) + _conv_block(16, 32, norm)[:3], 4, 32),
+            Stage(_conv_block(32, 48, norm), 8, 48), Stage(_conv_block(48, 64, norm), 16, 64),
+            Stage(_conv_block(64, 96, norm), 32, 96)]
+
+
+def build_backbone(name: str, pretrained: Optional[str] = None, fpn: bool = False, norm: str = "bn",
+                   freeze_at: int = 0) -> Backbone:
+    """Build a backbone by torchvision model name (or ``tiny``); see the module docstring."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    res5 = None
+    if name.startswith("resnet"):
+        stages = _resnet_stages(name, pretrained, norm)
+        returned = [1, 2, 3, 4] if fpn else [3]
+        if not fpn:
+            res5 = stages[4]
+    elif name == "vgg16":
+        stages = _vgg_stages(pretrained, fpn)
+        returned = [2, 3, 4] if fpn else [4]
+    elif name == "mobilenet_v3_large":
+        stages = _mobilenet_stages(pretrained, norm)
+        returned = [2, 3, 4] if fpn else [3]
+    else:
+        if pretrained:
+            raise ValueError("the tiny backbone has no pretrained weights")
+        stages = _tiny_stages(norm)
+        returned = [1, 2, 3] if fpn else [2]
+    backbone = Backbone(stages, returned, fpn, res5=res5)
+    if freeze_at:
+        backbone.freeze(freeze_at)
+    return backbone

@@ -1,0 +1,72 @@
+"""The single builder: a config -> a detector. Every part is a plain module built here."""
+from __future__ import annotations
+
+import logging
+from typing import List, Sequence
+
+from detect.models.anchors import AnchorGenerator
+from detect.models.backbones import Backbone, build_backbone
+from detect.models.faster_rcnn import FasterRCNN
+from detect.models.roi_head import BoxPredictor, Res5Head, RoIHead, TwoFCHead
+from detect.models.rpn import RPN, RPNHead
+from detect.ops import BalancedSampler, BoxCoder, Matcher, RoIPooler
+
+logger = logging.getLogger(__name__)
+
+
+def backbone_from_config(cfg) -> Backbone:
+    b = cfg.model.backbone
+    pretrained = b.pretrained or None
+    norm = b.norm if b.norm != "auto" else ("frozen_bn" if pretrained else "bn")
+    freeze_at = b.freeze_at if b.freeze_at >= 0 else (2 if pretrained else 0)
+    return build_backbone(b.name, pretrained, b.fpn, norm, freeze_at)
+
+
+def default_anchor_sizes(strides: Sequence[int], fpn: bool) -> List[List[float]]:
+    if fpn:
+        return [[8.0 * s] for s in strides]
+    return [[32.0, 64.0, 128.0, 256.0, 512.0]]
+
+
+def build_rpn(cfg, backbone: Backbone) -> RPN:
+    r = cfg.model.rpn
+    sizes = r.anchor_sizes or default_anchor_sizes(backbone.strides, backbone.fpn is not None)
+    anchors = AnchorGenerator(sizes, r.aspect_ratios, backbone.strides)
+    return RPN(anchors, RPNHead(backbone.out_channels, anchors.num_anchors_per_cell),
+               Matcher([r.bg_iou, r.fg_iou], [0, -1, 1], allow_low_quality_matches=True),
+               BalancedSampler(r.batch_size_per_image, r.positive_fraction),
+               pre_nms_topk=(r.pre_nms_topk_train, r.pre_nms_topk_test),
+               post_nms_topk=(r.post_nms_topk_train, r.post_nms_topk_test), nms_thresh=r.nms_thresh)
+
+
+def build_roi_head(cfg, backbone: Backbone, num_classes: int) -> RoIHead:
+    h = cfg.model.roi_head
+    if h.box_head == "res5":
+        if backbone.res5 is None:
+            raise ValueError("model.roi_head.box_head=res5 needs a ResNet backbone without FPN")
+        # res5's first block has stride 2: pool 14x14 to get 7x7 features, as detectron2's C4 models.
+        resolution = 2 * h.resolution
+        box_head = Res5Head(backbone.res5, backbone.res5.channels)
+        backbone.res5 = None  # the head owns it now (one copy of the weights)
+    else:
+        resolution = h.resolution
+        box_head = TwoFCHead(backbone.out_channels, resolution, h.fc_dim)
+    pooler = RoIPooler(resolution, backbone.roi_strides, mode=h.pooler, sampling_ratio=h.sampling_ratio)
+    labels = [0, 1] if h.bg_iou_low <= 0 else [-1, 0, 1]
+    thresholds = [h.fg_iou] if h.bg_iou_low <= 0 else [h.bg_iou_low, h.fg_iou]
+    return RoIHead(pooler, box_head, BoxPredictor(box_head.out_channels, num_classes),
+                   Matcher(thresholds, labels), BalancedSampler(h.batch_size_per_image, h.positive_fraction),
+                   BoxCoder(h.bbox_reg_weights), score_thresh=h.score_thresh, nms_thresh=h.nms_thresh,
+                   detections_per_image=h.detections_per_image, smooth_l1_beta=h.smooth_l1_beta)
+
+
+def build_model(cfg):
+    """Build the detector ``cfg.model.type`` names, for the classes in ``cfg.data.classes``."""
+    class_names = list(cfg.data.classes)
+    if not class_names:
+        raise ValueError("data.classes is empty: the model needs the class names (the training tool fills "
+                         "them from the dataset; set data.classes=[a,b,...] otherwise)")
+    backbone = backbone_from_config(cfg)
+    rpn = build_rpn(cfg, backbone)
+    roi_head = build_roi_head(cfg, backbone, len(class_names))
+    return FasterRCNN(backbone, rpn, roi_head, class_names)

@@ -1,0 +1,175 @@
+"""The RoI head shared by Fast R-CNN and Faster R-CNN (Girshick, ICCV 2015).
+
+Each region of interest is pooled from the feature map (RoI max pooling as in the paper, RoI align
+selectable), passed through a box head (two fully connected layers, or ResNet's res5 stage), and
+classified over C + 1 classes with class-specific box deltas. Training samples RoIs per image at
+25% foreground (IoU >= 0.5) with the ground-truth boxes added to the proposals; the loss is
+cross-entropy plus smooth L1 on the deltas of the true class. Inference decodes each class's box,
+clips, drops low scores, runs NMS per class and keeps the top detections.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detect.ops import BalancedSampler, BoxCoder, Matcher, RoIPooler, batched_nms, box_iou, clip_boxes
+
+ImageSize = Tuple[int, int]
+
+
+class TwoFCHead(nn.Module):
+    """Flatten the pooled grid, then two fully connected layers with ReLU (VGG16's fc6 / fc7)."""
+
+    def __init__(self, in_channels: int, resolution: int, fc_dim: int = 1024):
+        super().__init__()
+        self.fc6 = nn.Linear(in_channels * resolution * resolution, fc_dim)
+        self.fc7 = nn.Linear(fc_dim, fc_dim)
+        self.out_channels = fc_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.fc7(F.relu(self.fc6(x.flatten(1)))))
+
+
+class Res5Head(nn.Module):
+    """ResNet's last stage over the pooled RoIs, then global average pooling (He et al. 2016)."""
+
+    def __init__(self, res5: nn.Module, out_channels: int):
+        super().__init__()
+        self.res5 = res5
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.res5(x).mean(dim=(2, 3))
+
+
+class BoxPredictor(nn.Module):
+    """Class scores ``(R, C + 1)`` and class-specific deltas ``(R, 4 (C + 1))``."""
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        self.cls_score = nn.Linear(in_features, num_classes + 1)
+        self.bbox_pred = nn.Linear(in_features, 4 * (num_classes + 1))
+        nn.init.normal_(self.cls_score.weight, std=0.01)  # Fast R-CNN's initialisation
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+class RoIHead(nn.Module):
+    """Pool, box head, predictor; sampling and losses when training, post-processing at inference.
+
+    Args:
+        pooler: :class:`~detect.ops.RoIPooler` over the backbone's maps.
+        box_head: :class:`TwoFCHead` or :class:`Res5Head`.
+        predictor: :class:`BoxPredictor`.
+        matcher: proposal labelling (Faster R-CNN: ``[0.5]``; Fast R-CNN: background in [0.1, 0.5)).
+        sampler: RoIs per image and foreground fraction (512 / 0.25; Fast R-CNN 64 / 0.25).
+        box_coder: the R-CNN coder with weights (10, 10, 5, 5).
+        score_thresh, nms_thresh, detections_per_image: inference post-processing.
+        add_gt_as_proposals: add the ground-truth boxes to the proposals when training (both papers).
+    """
+
+    def __init__(self, pooler: RoIPooler, box_head: nn.Module, predictor: BoxPredictor, matcher: Matcher,
+                 sampler: BalancedSampler, box_coder: BoxCoder, score_thresh: float = 0.05,
+                 nms_thresh: float = 0.5, detections_per_image: int = 100, smooth_l1_beta: float = 1.0,
+                 add_gt_as_proposals: bool = True):
+        super().__init__()
+        self.pooler = pooler
+        self.box_head = box_head
+        self.predictor = predictor
+        self.matcher = matcher
+        self.sampler = sampler
+        self.box_coder = box_coder
+        self.score_thresh = score_thresh
+        self.nms_thresh = nms_thresh
+        self.detections_per_image = detections_per_image
+        self.smooth_l1_beta = smooth_l1_beta
+        self.add_gt_as_proposals = add_gt_as_proposals
+
+    def forward(self, features: List[torch.Tensor], proposals: List[torch.Tensor], image_sizes: Sequence[ImageSize],
+                targets: Optional[List[Dict[str, torch.Tensor]]] = None):
+        """Training (``targets`` given): the losses ``loss_cls`` and ``loss_box``. Inference: one dict per
+        image with ``boxes (K, 4)``, ``scores (K,)``, ``labels (K,)``."""
+        if targets is not None:
+            rois, labels, box_targets = self.sample_rois(proposals, targets)
+            class_logits, box_deltas = self.predict(features, rois)
+            return self.losses(class_logits, box_deltas, labels, box_targets)
+        class_logits, box_deltas = self.predict(features, proposals)
+        return self.postprocess(class_logits, box_deltas, proposals, image_sizes)
+
+    def predict(self, features: List[torch.Tensor], rois: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        pooled = self.pooler(features[: len(self.pooler.strides)], rois)
+        return self.predictor(self.box_head(pooled))
+
+    @torch.no_grad()
+    def sample_rois(self, proposals: List[torch.Tensor], targets: List[Dict[str, torch.Tensor]]):
+        """Per image: label proposals by IoU, sample, and encode the foreground's regression targets.
+
+        Returns the sampled RoIs (list of ``(S_i, 4)``), their class labels ``(sum S_i,)`` (0 for
+        background) and regression targets ``(sum S_i, 4)`` (zeros for background).
+        """
+        rois, labels, box_targets = [], [], []
+        for props, t in zip(proposals, targets):
+            gt_boxes = t["boxes"].to(props.device, props.dtype)
+            gt_labels = t["labels"].to(props.device)
+            if self.add_gt_as_proposals and gt_boxes.numel():
+                props = torch.cat([props, gt_boxes])
+            if gt_boxes.numel():
+                matches, match_labels = self.matcher(box_iou(gt_boxes, props))
+                ignore = t.get("ignore")
+                if ignore is not None and ignore.any():
+                    match_labels[ignore.to(props.device)[matches] & (match_labels == 1)] = -1
+            else:
+                matches = props.new_zeros(props.shape[0], dtype=torch.int64)
+                match_labels = self.matcher(props.new_zeros(0, props.shape[0]))[1]
+            pos, neg = self.sampler(match_labels)
+            keep = torch.cat([pos, neg])
+            roi_labels = torch.zeros(keep.numel(), dtype=torch.int64, device=props.device)
+            targets_i = props.new_zeros(keep.numel(), 4)
+            if pos.numel():
+                roi_labels[: pos.numel()] = gt_labels[matches[pos]]
+                targets_i[: pos.numel()] = self.box_coder.encode(props[pos], gt_boxes[matches[pos]])
+            rois.append(props[keep])
+            labels.append(roi_labels)
+            box_targets.append(targets_i)
+        return rois, torch.cat(labels), torch.cat(box_targets)
+
+    def losses(self, class_logits: torch.Tensor, box_deltas: torch.Tensor, labels: torch.Tensor,
+               box_targets: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Cross-entropy over the sampled RoIs; smooth L1 on the true class's deltas of the
+        foreground RoIs, summed and divided by the number of sampled RoIs (background RoIs count,
+        with zero loss, as in Fast R-CNN's [u >= 1] term)."""
+        class_logits = class_logits.float()
+        loss_cls = F.cross_entropy(class_logits, labels) if labels.numel() else class_logits.sum() * 0
+        fg = torch.nonzero(labels > 0).flatten()
+        deltas = box_deltas.float().view(box_deltas.shape[0], -1, 4)[fg, labels[fg]]
+        loss_box = F.smooth_l1_loss(deltas, box_targets[fg], beta=self.smooth_l1_beta, reduction="sum")
+        return {"loss_cls": loss_cls, "loss_box": loss_box / max(labels.numel(), 1)}
+
+    @torch.no_grad()
+    def postprocess(self, class_logits: torch.Tensor, box_deltas: torch.Tensor, proposals: List[torch.Tensor],
+                    image_sizes: Sequence[ImageSize]) -> List[Dict[str, torch.Tensor]]:
+        num_classes = class_logits.shape[1] - 1
+        scores_all = F.softmax(class_logits.float(), dim=1)
+        boxes_all = self.box_coder.decode(box_deltas.float(), torch.cat(proposals))
+        results = []
+        start = 0
+        for props, size in zip(proposals, image_sizes):
+            n = props.shape[0]
+            scores = scores_all[start:start + n, 1:]
+            boxes = clip_boxes(boxes_all[start:start + n].view(n, -1, 4)[:, 1:], size)
+            start += n
+            labels = torch.arange(1, num_classes + 1, device=scores.device).expand(n, -1)
+            keep = scores > self.score_thresh
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            nonempty = ((boxes[:, 2] - boxes[:, 0]) > 1e-2) & ((boxes[:, 3] - boxes[:, 1]) > 1e-2)
+            boxes, scores, labels = boxes[nonempty], scores[nonempty], labels[nonempty]
+            keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_image]
+            results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+        return results

@@ -1,0 +1,92 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from detect.config import load_config
+from detect.models import build_model
+from detect.models.roi_head import BoxPredictor, RoIHead, TwoFCHead
+from detect.ops import BalancedSampler, BoxCoder, Matcher, RoIPooler
+
+
+def tiny_cfg(*extra):
+    return load_config(None, ["model.backbone.name=tiny", "model.roi_head.fc_dim=64", "data.classes=[a,b]",
+                              "model.rpn.anchor_sizes=[[16,32,64]]", *extra])
+
+
+def make_head():
+    return RoIHead(RoIPooler(2, [4]), TwoFCHead(1, 2, 8), BoxPredictor(8, 2), Matcher([0.5], [0, 1]),
+                   BalancedSampler(4, 0.25), BoxCoder((10, 10, 5, 5)), add_gt_as_proposals=True)
+
+
+def test_sample_rois_labels_and_targets_by_hand():
+    head = make_head()
+    props = [torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 20.0], [50.0, 50.0, 60.0, 60.0]])]
+    gt = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 20.0]]), "labels": torch.tensor([2])}
+    torch.manual_seed(0)
+    rois, labels, targets = head.sample_rois(props, [gt])
+    # IoU with the ground truth: proposal 0 -> 100 / 200 = 0.5, proposal 1 -> 1, proposal 2 -> 0, the
+    # added ground truth -> 1. Three positives, one negative; 25% of 4 -> 1 positive, then the only negative.
+    assert labels.tolist().count(2) == 1 and labels.tolist().count(0) == 1
+    assert rois[0][1].tolist() == [50.0, 50.0, 60.0, 60.0]  # the only background
+    fg_roi = rois[0][0]
+    expected = BoxCoder((10, 10, 5, 5)).encode(fg_roi[None], gt["boxes"])
+    assert torch.allclose(targets[0], expected[0]) and targets[1].abs().sum() == 0
+
+
+def test_roi_losses_by_hand():
+    head = make_head()
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    deltas = torch.zeros(2, 12)
+    deltas[1, 8:12] = torch.tensor([0.5, 0.0, 2.0, 0.0])  # class 2's deltas of RoI 1
+    labels = torch.tensor([0, 2])
+    targets = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    losses = head.losses(logits, deltas, labels, targets)
+    assert losses["loss_cls"].item() == pytest.approx(F.cross_entropy(logits, labels).item())
+    # smooth L1 (beta 1): 0.5 * 0.5^2 + (2 - 0.5) = 1.625, summed over the foreground, / 2 sampled RoIs.
+    assert losses["loss_box"].item() == pytest.approx(1.625 / 2)
+
+
+def test_empty_target_image_trains_as_negative():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg()).train()
+    images = [torch.rand(3, 64, 80)]
+    losses = model(images, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}])
+    assert losses["loss_rpn_box"].item() == 0.0 and losses["loss_box"].item() == 0.0
+    assert losses["loss_rpn_cls"].item() > 0 and losses["loss_cls"].item() > 0
+    sum(losses.values()).backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert model.rpn.head.objectness.weight.grad.abs().sum() > 0
+
+
+def test_inference_contract():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("model.roi_head.score_thresh=0.0")).eval()
+    with torch.no_grad():
+        out = model([torch.rand(3, 64, 80), torch.rand(3, 50, 40)])
+    assert len(out) == 2
+    for o, (h, w) in zip(out, [(64, 80), (50, 40)]):
+        assert set(o) == {"boxes", "scores", "labels"}
+        assert o["boxes"].dtype == torch.float32 and o["labels"].dtype == torch.int64
+        assert 0 < len(o["boxes"]) <= 100
+        assert (o["boxes"][:, 2] <= w).all() and (o["boxes"][:, 3] <= h).all() and (o["boxes"] >= 0).all()
+        assert set(o["labels"].tolist()) <= {1, 2}
+        assert (o["scores"][:-1] >= o["scores"][1:]).all()  # batched NMS returns by decreasing score
+    with pytest.raises(ValueError, match="needs targets"):
+        model.train()([torch.rand(3, 32, 32)])
+
+
+@pytest.mark.parametrize("extra", [["model.backbone.fpn=true", "model.rpn.anchor_sizes=[]"],
+                                   ["model.roi_head.pooler=align"]])
+def test_variants_build_and_run(extra):
+    model = build_model(tiny_cfg(*extra)).train()
+    losses = model([torch.rand(3, 64, 64)], [{"boxes": torch.tensor([[5.0, 5.0, 40.0, 30.0]]),
+                                              "labels": torch.tensor([1])}])
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_build_needs_classes():
+    with pytest.raises(ValueError, match="data.classes is empty"):
+        build_model(load_config(None, ["model.backbone.name=tiny"]))
