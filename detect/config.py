@@ -39,7 +39,8 @@ DEFAULTS: Dict[str, Any] = {
             "name": "resnet50",    # torchvision model name (vgg16, resnet18, resnet50, mobilenet_v3_large) or tiny
             "pretrained": None,    # torchvision weights name ("DEFAULT", "IMAGENET1K_V1"), a local file, or null
             "fpn": False,
-            "norm": "auto",        # frozen_bn | bn; auto: frozen with pretrained weights, bn from scratch
+            "fpn_channels": 256,
+            "norm": "auto",        # frozen_bn | bn | gn; auto: frozen_bn with pretrained weights, else gn
             "freeze_at": -1,       # stages without gradients; -1: 2 with pretrained weights, else 0
         },
         "weights": None,           # a detection checkpoint to start from (transfer learning)
@@ -89,12 +90,25 @@ DEFAULTS: Dict[str, Any] = {
     },
     "train": {
         "max_iter": 1000,
-        "max_minutes": 0.0,        # wall-clock budget; > 0 scales the schedule to it
-        "batch_size": 2,
+        "max_minutes": 0.0,        # wall-clock budget; > 0 scales the schedule to it (max_iter still caps)
+        "batch_size": 2,           # images per step, over all processes
         "lr": 0.01,
+        "momentum": 0.9,
+        "weight_decay": 0.0001,
+        "lr_schedule": "step",     # step | cosine
+        "steps": [0.67, 0.89],     # fractions of the run where the step schedule multiplies lr by gamma
+        "gamma": 0.1,
+        "warmup_iters": 100,
+        "warmup_factor": 0.001,
+        "grad_clip": 10.0,         # max gradient norm; 0 disables
+        "amp": True,               # mixed precision on CUDA (ignored on CPU)
         "eval_period": 0,          # 0: only at the end
         "checkpoint_period": 500,
+        "log_period": 20,
         "seed": 0,
+    },
+    "test": {
+        "batch_size": 2,
     },
     "device": "auto",              # auto | cpu | cuda | cuda:N
 }
@@ -108,11 +122,13 @@ _TYPES: Dict[str, Tuple[type, ...]] = {
     "model.weights": (str, type(None)),
 }
 _LIST_ITEMS: Dict[str, type] = {"input.min_size": int, "data.classes": str, "model.rpn.anchor_sizes": list,
-                                 "model.rpn.aspect_ratios": float, "model.roi_head.bbox_reg_weights": float}
+                                 "model.rpn.aspect_ratios": float, "model.roi_head.bbox_reg_weights": float,
+                                 "train.steps": float}
 _CHOICES: Dict[str, Sequence[str]] = {
     "model.type": ("faster_rcnn",),
+    "train.lr_schedule": ("step", "cosine"),
     "model.backbone.name": ("vgg16", "resnet18", "resnet50", "mobilenet_v3_large", "tiny"),
-    "model.backbone.norm": ("auto", "frozen_bn", "bn"),
+    "model.backbone.norm": ("auto", "frozen_bn", "bn", "gn"),
     "model.roi_head.pooler": ("pool", "align"),
     "model.roi_head.box_head": ("fc", "res5"),
     "data.train.format": ("coco", "voc"),
@@ -238,7 +254,15 @@ def _merge(cfg: Dict[str, Any], data: Dict[str, Any], source: str, prefix: str) 
                                   f"got the value {value!r}")
             _merge(current, value, source, prefix=full + ".")
         else:
-            cfg[key] = _check_value(full, value, current, source)
+            # Types come from the defaults, not from the value a file already put there.
+            cfg[key] = _check_value(full, value, _default_of(full), source)
+
+
+def _default_of(dotted: str) -> Any:
+    node: Any = DEFAULTS
+    for part in dotted.split("."):
+        node = node[part]
+    return node
 
 
 def _nearest_hint(full: str) -> str:

@@ -84,3 +84,9 @@ def test_shipped_configs_load():
     assert files
     for f in files:
         load_config(f)
+
+
+def test_optional_path_can_be_unset_after_a_file_set_it(tmp_path):
+    f = write(tmp_path / "c.yaml", "data:\n  test: {ann_file: a.json}\n")
+    assert load_config(f).data.test.ann_file == "a.json"
+    assert load_config(f, ["data.test.ann_file=null"]).data.test.ann_file is None

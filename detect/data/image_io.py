@@ -27,8 +27,9 @@ _DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 class ImageReadError(OSError):
     """An image file that cannot be used: missing, unreadable, truncated or not an image."""
 
-    def __init__(self, path: Union[str, Path], reason: str):
-        super().__init__(f"{path}: {reason}")
+    def __init__(self, path: Union[str, Path], reason: str = ""):
+        # reason may be empty when a DataLoader worker re-raises the error from its message alone
+        super().__init__(f"{path}: {reason}" if reason else str(path))
         self.path = str(path)
         self.reason = reason
 

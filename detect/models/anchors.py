@@ -37,6 +37,9 @@ class AnchorGenerator(nn.Module):
         if len(sizes) != len(strides):
             raise ValueError(f"anchor sizes are given for {len(sizes)} levels but the backbone has "
                              f"{len(strides)} (model.rpn.anchor_sizes)")
+        if len({len(s) for s in sizes}) != 1:
+            raise ValueError(f"every level needs the same number of anchor sizes (the RPN head is shared "
+                             f"across levels), got {[list(s) for s in sizes]}")
         self.strides = list(strides)
         self.cells = [cell_anchors(s, aspect_ratios) for s in sizes]
         self._cache: Dict[Tuple, List[torch.Tensor]] = {}

@@ -7,7 +7,8 @@ name                   single map (``fpn: false``)          FPN (``fpn: true``),
 vgg16                  conv5_3, stride 16, 512 ch           conv3 / conv4 / conv5 at 8 / 16 / 32
 resnet18, resnet50     C4 (layer3), stride 16; layer4 is    C2-C5 at 4-32 (torchvision / detectron2)
                        left for the res5 RoI head
-mobilenet_v3_large     stride-16 block output (112 ch)      stride 8 / 16 / 32 blocks
+mobilenet_v3_large     stride-16 block output (112 ch)      stride 16 / 32 blocks (as cheap as
+                                                            torchvision's, one level finer)
 tiny                   4 conv blocks, stride 16, 64 ch      stride 8 / 16 / 32
 =====================  ==================================  ========================================
 
@@ -54,7 +55,7 @@ class Backbone(nn.Module):
     """
 
     def __init__(self, stages: Sequence[Stage], return_stages: Sequence[int], fpn: bool,
-                 res5: Optional[nn.Module] = None):
+                 res5: Optional[nn.Module] = None, fpn_channels: int = FPN_CHANNELS):
         super().__init__()
         last = max(return_stages)
         self.stages = nn.ModuleList(stages[: last + 1])
@@ -62,9 +63,9 @@ class Backbone(nn.Module):
         self.res5 = res5
         strides = [stages[i].stride for i in return_stages]
         if fpn:
-            self.fpn = FeaturePyramidNetwork([stages[i].channels for i in return_stages], FPN_CHANNELS,
+            self.fpn = FeaturePyramidNetwork([stages[i].channels for i in return_stages], fpn_channels,
                                              extra_blocks=LastLevelMaxPool())
-            self.out_channels = FPN_CHANNELS
+            self.out_channels = fpn_channels
             self.roi_strides = strides
             self.strides = strides + [strides[-1] * 2]
         else:
@@ -95,12 +96,22 @@ class Backbone(nn.Module):
         return frozen
 
 
+def _group_norm(channels: int) -> nn.GroupNorm:
+    # 32 groups (Wu & He 2018) where the channels allow it, else groups of at least 4 channels.
+    groups = 32 if channels % 32 == 0 else max(g for g in range(1, 33) if channels % g == 0 and channels // g >= 4)
+    return nn.GroupNorm(groups, channels)
+
+
 def _norm_layer(norm: str):
+    """``frozen_bn`` for pretrained weights (statistics from ImageNet, batches too small to re-estimate),
+    ``gn`` from scratch (independent of the batch: detection batches are a few images), ``bn`` as is."""
     if norm == "frozen_bn":
         return FrozenBatchNorm2d
     if norm == "bn":
         return nn.BatchNorm2d
-    raise ValueError(f"model.backbone.norm must be frozen_bn or bn, got {norm!r}")
+    if norm == "gn":
+        return _group_norm
+    raise ValueError(f"model.backbone.norm must be frozen_bn, bn or gn, got {norm!r}")
 
 
 def _torchvision_model(name: str, pretrained: Optional[str], **kwargs) -> nn.Module:
@@ -160,7 +171,7 @@ def _tiny_stages(norm: str) -> List[Stage]:
 
 
 def build_backbone(name: str, pretrained: Optional[str] = None, fpn: bool = False, norm: str = "bn",
-                   freeze_at: int = 0) -> Backbone:
+                   freeze_at: int = 0, fpn_channels: int = FPN_CHANNELS) -> Backbone:
     """Build a backbone by torchvision model name (or ``tiny``); see the module docstring."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
@@ -175,13 +186,13 @@ def build_backbone(name: str, pretrained: Optional[str] = None, fpn: bool = Fals
         returned = [2, 3, 4] if fpn else [4]
     elif name == "mobilenet_v3_large":
         stages = _mobilenet_stages(pretrained, norm)
-        returned = [2, 3, 4] if fpn else [3]
+        returned = [3, 4] if fpn else [3]
     else:
         if pretrained:
             raise ValueError("the tiny backbone has no pretrained weights")
         stages = _tiny_stages(norm)
         returned = [1, 2, 3] if fpn else [2]
-    backbone = Backbone(stages, returned, fpn, res5=res5)
+    backbone = Backbone(stages, returned, fpn, res5=res5, fpn_channels=fpn_channels)
     if freeze_at:
         backbone.freeze(freeze_at)
     return backbone

@@ -17,9 +17,11 @@ logger = logging.getLogger(__name__)
 def backbone_from_config(cfg) -> Backbone:
     b = cfg.model.backbone
     pretrained = b.pretrained or None
-    norm = b.norm if b.norm != "auto" else ("frozen_bn" if pretrained else "bn")
+    # From scratch, batch statistics of 2-4 images drift from the running averages used at test time
+    # (seen here: AP50 0.85 with BN against 1.0 with GN on the same overfitting run), so GN is the default.
+    norm = b.norm if b.norm != "auto" else ("frozen_bn" if pretrained else "gn")
     freeze_at = b.freeze_at if b.freeze_at >= 0 else (2 if pretrained else 0)
-    return build_backbone(b.name, pretrained, b.fpn, norm, freeze_at)
+    return build_backbone(b.name, pretrained, b.fpn, norm, freeze_at, b.fpn_channels)
 
 
 def default_anchor_sizes(strides: Sequence[int], fpn: bool) -> List[List[float]]:

@@ -12,8 +12,9 @@ from typing import Callable, Optional, Sequence
 from detect.config import ConfigError
 from detect.data.dataset import DatasetError
 from detect.data.image_io import ImageReadError
+from detect.engine.checkpoint import CheckpointError
 
-USER_ERRORS = (ConfigError, DatasetError, ImageReadError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DatasetError, ImageReadError, CheckpointError, FileNotFoundError)
 
 
 def setup_logging(level: int = logging.INFO) -> None:

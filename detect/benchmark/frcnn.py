@@ -1,0 +1,136 @@
+"""Faster R-CNN against torchvision's ``FasterRCNN`` with the same backbone and input size, in one run.
+
+Measured on the same images, on the same machine, one after the other:
+
+- inference latency per image, each library at its own defaults (torchvision tests with 1000
+  proposals, ``detect`` with the paper's 300), and at equal proposal counts;
+- the backbone's own time (the floor both share), so the time outside it can be compared;
+- training step time on the same batches;
+- optionally, accuracy after training each from scratch for the same wall-clock budget, both
+  evaluated by the same evaluator.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, List, Sequence
+
+import numpy as np
+import torch
+import torchvision
+
+from detect.config import Config
+from detect.data.build import build_dataset
+from detect.data.collate import collate_detection
+from detect.data.transforms import build_transforms
+from detect.models import build_model
+
+_TV_BUILDERS = {
+    ("mobilenet_v3_large", True): "fasterrcnn_mobilenet_v3_large_fpn",
+    ("resnet50", True): "fasterrcnn_resnet50_fpn",
+}
+
+
+def torchvision_model(cfg: Config, proposals_test: int = 1000) -> torch.nn.Module:
+    """torchvision's Faster R-CNN for the config's backbone, classes and input size, from random init."""
+    key = (cfg.model.backbone.name, bool(cfg.model.backbone.fpn))
+    if key not in _TV_BUILDERS:
+        raise ValueError(f"no torchvision counterpart for backbone {key[0]} with fpn={key[1]}; "
+                         f"choose one of {sorted(_TV_BUILDERS)}")
+    builder = getattr(torchvision.models.detection, _TV_BUILDERS[key])
+    return builder(weights=None, weights_backbone=None, num_classes=len(cfg.data.classes) + 1,
+                   min_size=cfg.input.min_size_test, max_size=cfg.input.max_size,
+                   rpn_post_nms_top_n_test=proposals_test, rpn_pre_nms_top_n_test=1000)
+
+
+def _timed(fn: Callable[[], Any], repeat: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - start) / repeat
+
+
+@torch.inference_mode()
+def latency(model: torch.nn.Module, images: List[torch.Tensor], backbone: Callable[[torch.Tensor], Any],
+            batcher: Callable[[List[torch.Tensor]], torch.Tensor]) -> Dict[str, float]:
+    """Mean seconds per image for the whole model and for its backbone alone (batch of one)."""
+    model.eval()
+    total = np.mean([_timed(lambda: model([im]), repeat=1, warmup=1 if i == 0 else 0) for i, im in enumerate(images)])
+    batches = [batcher([im]) for im in images]
+    back = np.mean([_timed(lambda: backbone(b), repeat=1, warmup=1 if i == 0 else 0) for i, b in enumerate(batches)])
+    return {"total_s": float(total), "backbone_s": float(back), "outside_backbone_s": float(total - back)}
+
+
+def train_step_time(model: torch.nn.Module, batches: Sequence, lr: float = 0.01) -> float:
+    """Mean seconds of forward + backward + SGD step over ``batches`` (after one warm-up step)."""
+    model.train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9)
+
+    def step(images, targets):
+        losses = model(images, targets)
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        opt.step()
+
+    step(*batches[0])
+    start = time.perf_counter()
+    for images, targets in batches[1:]:
+        step(images, targets)
+    return (time.perf_counter() - start) / max(len(batches) - 1, 1)
+
+
+def run_frcnn_benchmark(cfg: Config, num_images: int = 10, train_steps: int = 5, seed: int = 0) -> Dict[str, Any]:
+    torch.manual_seed(seed)
+    test_set = build_dataset(cfg, "test", transforms=build_transforms(cfg, train=False), class_names=cfg.data.classes)
+    images, _ = collate_detection([test_set[i] for i in range(min(num_images, len(test_set)))])
+    train_set = build_dataset(cfg, "train", transforms=build_transforms(cfg, train=True), class_names=cfg.data.classes)
+    train_batches = []
+    for i in range(train_steps + 1):
+        ims, tg = collate_detection([train_set[2 * i], train_set[2 * i + 1]])
+        train_batches.append((ims, [{"boxes": t["boxes"], "labels": t["labels"]} for t in tg]))
+
+    ours = build_model(cfg)
+    theirs = torchvision_model(cfg)
+    post_ours = cfg.model.rpn.post_nms_topk_test
+
+    def tv_batch(ims):
+        return theirs.transform(ims)[0].tensors
+
+    def our_batch(ims):
+        return ours.batcher(ims)[0]
+
+    rows: Dict[str, Any] = {"images": len(images), "image_size": list(images[0].shape[1:]),
+                            "backbone": cfg.model.backbone.name, "fpn": cfg.model.backbone.fpn}
+    rows["detect_default"] = {"proposals": post_ours, **latency(ours, images, ours.backbone, our_batch)}
+    rows["torchvision_default"] = {"proposals": 1000, **latency(theirs, images, theirs.backbone, tv_batch)}
+    ours.rpn.post_nms_topk = (ours.rpn.post_nms_topk[0], 1000)
+    rows["detect_1000"] = {"proposals": 1000, **latency(ours, images, ours.backbone, our_batch)}
+    ours.rpn.post_nms_topk = (ours.rpn.post_nms_topk[0], post_ours)
+    theirs.rpn._post_nms_top_n["testing"] = post_ours
+    rows["torchvision_equal"] = {"proposals": post_ours, **latency(theirs, images, theirs.backbone, tv_batch)}
+    theirs.rpn._post_nms_top_n["testing"] = 1000
+    rows["train_step_s"] = {"detect": train_step_time(ours, train_batches),
+                            "torchvision": train_step_time(theirs, train_batches)}
+    rows["ratios"] = {
+        "latency_defaults": rows["detect_default"]["total_s"] / rows["torchvision_default"]["total_s"],
+        "outside_backbone_equal_300": rows["detect_default"]["outside_backbone_s"] / rows["torchvision_equal"]["outside_backbone_s"],
+        "outside_backbone_equal_1000": rows["detect_1000"]["outside_backbone_s"] / rows["torchvision_default"]["outside_backbone_s"],
+        "train_step": rows["train_step_s"]["detect"] / rows["train_step_s"]["torchvision"],
+    }
+    return rows
+
+
+def format_frcnn(rows: Dict[str, Any]) -> str:
+    h, w = rows["image_size"]
+    lines = [f"Faster R-CNN, {rows['backbone']}{'-FPN' if rows['fpn'] else ''}, {rows['images']} images at {h}x{w}, "
+             f"CPU, {torch.get_num_threads()} threads, random init",
+             f"{'setting':<22} {'proposals':>9} {'total ms':>9} {'backbone ms':>12} {'outside ms':>11}"]
+    for key in ("detect_default", "torchvision_default", "detect_1000", "torchvision_equal"):
+        r = rows[key]
+        lines.append(f"{key:<22} {r['proposals']:>9} {1000 * r['total_s']:>9.1f} {1000 * r['backbone_s']:>12.1f} "
+                     f"{1000 * r['outside_backbone_s']:>11.1f}")
+    t = rows["train_step_s"]
+    lines.append(f"train step (2 images): detect {1000 * t['detect']:.0f} ms, torchvision {1000 * t['torchvision']:.0f} ms")
+    lines.append("ratios detect / torchvision: " + ", ".join(f"{k} {v:.2f}x" for k, v in rows["ratios"].items()))
+    return "\n".join(lines)

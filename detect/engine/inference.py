@@ -1,0 +1,55 @@
+"""Running a detector over a dataset, with predictions mapped back to the original images."""
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from detect.data.collate import collate_detection
+from detect.data.transforms import boxes_to_original
+from detect.ops.boxes import clip_boxes_np
+
+
+def to_original(det: Dict[str, torch.Tensor], target: Dict[str, Any]) -> Dict[str, np.ndarray]:
+    """Map one image's detections from the resized input back to the file's pixels (the one place
+    this happens): undo the transform's scale, clip to the original size."""
+    boxes = det["boxes"].detach().float().cpu().numpy()
+    if "scale" in target:
+        boxes = boxes_to_original(boxes, target["scale"])
+    if target.get("orig_size") is not None:
+        boxes = clip_boxes_np(boxes, tuple(target["orig_size"]))
+    return {"boxes": boxes.astype(np.float32), "scores": det["scores"].detach().float().cpu().numpy(),
+            "labels": det["labels"].detach().cpu().numpy().astype(np.int64)}
+
+
+@torch.no_grad()
+def predict_dataset(model: torch.nn.Module, dataset, device: torch.device, batch_size: int = 2,
+                    num_workers: int = 0, progress: bool = True) -> Tuple[Dict[int, Dict[str, np.ndarray]], Dict[str, float]]:
+    """Detections per image id (original pixels) for every item of ``dataset``, and timings.
+
+    ``dataset`` yields ``(image, target)`` with the test transform (``scale`` in the target).
+    """
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate_detection, persistent_workers=False)
+    was_training = model.training
+    model.eval()
+    detections: Dict[int, Dict[str, np.ndarray]] = {}
+    model_time = 0.0
+    start = time.perf_counter()
+    for images, targets in tqdm(loader, desc="inference", disable=not progress, leave=False):
+        images = [im.to(device, non_blocking=True) for im in images]
+        t0 = time.perf_counter()
+        outputs = model(images)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        model_time += time.perf_counter() - t0
+        for out, target in zip(outputs, targets):
+            detections[int(target["image_id"])] = to_original(out, target)
+    model.train(was_training)
+    total = time.perf_counter() - start
+    n = max(len(detections), 1)
+    return detections, {"images": len(detections), "seconds_per_image": total / n, "model_seconds_per_image": model_time / n}

@@ -1,0 +1,365 @@
+"""The training loop shared by every stage that trains end to end (Faster R-CNN, Fast R-CNN).
+
+``train(cfg, output_dir)`` builds the datasets and the model from the config, then runs SGD with
+momentum, linear warm-up and step or cosine decay. The schedule is a function of the run's progress,
+``max(iteration / max_iter, training_seconds / budget)``, so a wall-clock budget
+(``train.max_minutes``) scales it like an iteration count does. A run folder holds:
+
+    config.yaml  log.jsonl  model_<iter>.pth  last_checkpoint  model_final.pth
+    metrics.json  pr_curves.png  loss_curve.png
+
+``resume=True`` continues from ``last_checkpoint`` exactly: weights, optimizer, iteration, elapsed
+time, RNG states, and the data stream (each batch's images and augmentations are a function of the
+seed and the batch number, so the same batches come whatever happened before).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from detect.config import Config, save_config
+from detect.data.build import build_dataset
+from detect.data.coco import to_coco_dict
+from detect.data.collate import collate_detection
+from detect.data.samplers import GroupedBatchSampler, InfiniteSampler, aspect_ratio_groups
+from detect.data.transforms import build_transforms
+from detect.engine import distributed as dist
+from detect.engine.checkpoint import (find_last_checkpoint, load_checkpoint, rng_state, save_checkpoint,
+                                      set_rng_state, write_last_checkpoint)
+from detect.engine.evaluation import evaluate_detections, format_metrics
+from detect.engine.inference import predict_dataset
+from detect.models import build_model
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(FloatingPointError):
+    """A loss became NaN or infinite."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but CUDA is not available here (use device=cpu or auto)")
+    return device
+
+
+def seed_all(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class SeededItems(Dataset):
+    """Wraps a dataset so an item is asked for as ``(index, seed)``: the transform's random draws
+    come from that seed, not from whichever worker process loads the item."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Tuple[int, int]):
+        index, seed = key
+        self.dataset.transforms.set_seed(seed)
+        return self.dataset[index]
+
+
+class SeededBatches:
+    """Batches of ``(index, seed)`` from a batch sampler, starting at batch ``start`` (for resuming);
+    the seed is a function of (base seed, rank, batch number, position)."""
+
+    def __init__(self, batch_sampler, seed: int, rank: int, start: int = 0):
+        self.batch_sampler, self.seed, self.rank, self.start = batch_sampler, seed, rank, start
+
+    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
+        for number, batch in enumerate(self.batch_sampler):
+            if number < self.start:
+                continue
+            yield [(index, int(np.random.SeedSequence([self.seed, self.rank, number, j]).generate_state(1)[0]))
+                   for j, index in enumerate(batch)]
+
+
+def lr_factor(cfg: Config, iteration: int, progress: float) -> float:
+    """Warm-up times decay; ``progress`` in [0, 1] is the share of the run done."""
+    t = cfg.train
+    warm = 1.0
+    if iteration < t.warmup_iters:
+        alpha = iteration / t.warmup_iters
+        warm = t.warmup_factor * (1 - alpha) + alpha
+    if t.lr_schedule == "cosine":
+        return warm * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return warm * t.gamma ** sum(progress >= s for s in t.steps)
+
+
+def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """SGD with momentum; no weight decay on norm layers and biases (as detectron2)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=cfg.train.lr, momentum=cfg.train.momentum)
+
+
+def load_transfer_weights(model: torch.nn.Module, path: str) -> Dict[str, List[str]]:
+    """Start from another detection checkpoint: every tensor whose name and shape match is loaded;
+    the rest (the classifier and box layers when the classes differ) keep their fresh initialisation."""
+    state = load_checkpoint(path)["model"]
+    own = model.state_dict()
+    loaded = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(loaded, strict=False)
+    report = {"loaded": sorted(loaded), "reinitialised": sorted(k for k in own if k not in loaded),
+              "frozen": sorted(n for n, p in model.named_parameters() if not p.requires_grad)}
+    logger.info("transfer from %s: %d tensors loaded, %d re-initialised (%s), %d parameters frozen", path,
+                len(report["loaded"]), len(report["reinitialised"]), ", ".join(report["reinitialised"]) or "none",
+                len(report["frozen"]))
+    return report
+
+
+def check_checkpoint_matches(state: Dict[str, Any], cfg: Config, path) -> None:
+    """Refuse a checkpoint made for another model (class count, backbone) with a clear message."""
+    saved = state.get("config", {}).get("model", {})
+    ours = cfg.model
+    problems = []
+    if saved.get("type") != ours.type:
+        problems.append(f"model type {saved.get('type')!r} (config: {ours.type!r})")
+    for key in ("name", "fpn"):
+        if saved.get("backbone", {}).get(key) != ours.backbone[key]:
+            problems.append(f"backbone {key} {saved.get('backbone', {}).get(key)!r} (config: {ours.backbone[key]!r})")
+    names = state.get("class_names", [])
+    if list(names) != list(cfg.data.classes):
+        problems.append(f"{len(names)} classes {list(names)} (config: {len(cfg.data.classes)} {list(cfg.data.classes)})")
+    if problems:
+        raise ValueError(f"checkpoint {path} does not match the config: it has " + "; ".join(problems))
+
+
+def loss_curve(log_file: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in log_file.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "loss" in r]
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    its = [r["iteration"] for r in rows]
+    for key in [k for k in rows[-1] if k.startswith("loss")]:
+        ax.plot(its, [r.get(key, np.nan) for r in rows], label=key, linewidth=2 if key == "loss" else 1)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def evaluate(model: torch.nn.Module, cfg: Config, device: torch.device, output_dir: Optional[Path] = None,
+             progress: bool = True) -> Dict[str, Any]:
+    """COCO and VOC metrics of ``model`` on ``data.test``; writes metrics.json / pr_curves.png."""
+    test_set = build_dataset(cfg, "test", transforms=build_transforms(cfg, train=False), class_names=cfg.data.classes)
+    detections, timing = predict_dataset(model, test_set, device, cfg.test.batch_size, cfg.data.num_workers, progress)
+    metrics = evaluate_detections(to_coco_dict(test_set), detections, output_dir=output_dir)
+    metrics["timing"] = timing
+    if output_dir is not None:
+        path = Path(output_dir) / "metrics.json"
+        data = json.loads(path.read_text())
+        data["timing"] = timing
+        path.write_text(json.dumps(data, indent=2))
+    return metrics
+
+
+class Trainer:
+    """One training run; see the module docstring."""
+
+    def __init__(self, cfg: Config, output_dir, resume: bool = False, progress: bool = True):
+        self.cfg = cfg
+        self.output_dir = Path(output_dir)
+        self.progress = progress
+        self.device = resolve_device(cfg.device)
+        dist.init_distributed(self.device)
+        self.rank, self.world = dist.rank(), dist.world_size()
+        if cfg.train.batch_size % self.world:
+            raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by {self.world} processes")
+        seed_all(cfg.train.seed)
+
+        self.train_set = build_dataset(cfg, "train", transforms=build_transforms(cfg, train=True))
+        if not cfg.data.classes:
+            cfg.data.classes = list(self.train_set.class_names)
+        if cfg.data.test.ann_file or cfg.data.test.root:  # fail at start, not after training
+            build_dataset(cfg, "test", class_names=cfg.data.classes)
+
+        self.model = build_model(cfg).to(self.device)
+        if cfg.model.weights:
+            load_transfer_weights(self.model, cfg.model.weights)
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.use_amp = bool(cfg.train.amp) and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.iteration = 0
+        self.elapsed = 0.0
+        self.last_checkpoint: Optional[Path] = None
+        if resume:
+            self._resume()
+        self.ddp_model = self.model
+        if self.world > 1:
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if dist.is_main():
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.output_dir / "config.yaml")
+
+    def _resume(self) -> None:
+        path = find_last_checkpoint(self.output_dir)
+        if path is None:
+            logger.info("no checkpoint in %s: starting from scratch", self.output_dir)
+            return
+        state = load_checkpoint(path)
+        check_checkpoint_matches(state, self.cfg, path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state and self.use_amp:
+            self.scaler.load_state_dict(state["scaler"])
+        self.iteration, self.elapsed = int(state["iteration"]), float(state["elapsed"])
+        set_rng_state(state["rng"])
+        self.last_checkpoint = path
+        logger.info("resumed from %s at iteration %d", path, self.iteration)
+
+    def _loader(self) -> DataLoader:
+        cfg = self.cfg
+        per_rank = cfg.train.batch_size // self.world
+        sampler = InfiniteSampler(len(self.train_set), seed=cfg.train.seed, rank=self.rank, world_size=self.world)
+        groups = aspect_ratio_groups([self.train_set.aspect_ratio(i) for i in range(len(self.train_set))])
+        batches = SeededBatches(GroupedBatchSampler(sampler, groups, per_rank), cfg.train.seed, self.rank,
+                                start=self.iteration)
+        return DataLoader(SeededItems(self.train_set), batch_sampler=batches, collate_fn=collate_detection,
+                          num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
+                          pin_memory=self.device.type == "cuda")
+
+    def progress_fraction(self) -> float:
+        t = self.cfg.train
+        p = self.iteration / max(t.max_iter, 1)
+        if t.max_minutes > 0:
+            p = max(p, self.elapsed / (60.0 * t.max_minutes))
+        return dist.all_reduce_max(p)  # ranks agree on when to stop
+
+    def state(self) -> Dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.use_amp else {}, "iteration": self.iteration,
+                "elapsed": self.elapsed, "rng": rng_state(), "config": self.cfg.to_dict(),
+                "class_names": list(self.cfg.data.classes)}
+
+    def save(self, name: str) -> None:
+        if dist.is_main():
+            path = save_checkpoint(self.output_dir / name, self.state())
+            write_last_checkpoint(self.output_dir, name)
+            self.last_checkpoint = path
+
+    def train(self) -> Dict[str, Any]:
+        cfg = self.cfg
+        model = self.ddp_model
+        model.train()
+        log_file = self.output_dir / "log.jsonl"
+        # Creating a DataLoader iterator draws a base seed from torch's global generator; keep that
+        # draw out of the stream so a resumed run's RNG continues exactly where the checkpoint left it.
+        rng_before = torch.get_rng_state()
+        loader_iter = iter(self._loader())
+        torch.set_rng_state(rng_before)
+        bar = tqdm(total=cfg.train.max_iter, initial=self.iteration, desc="train",
+                   disable=not (self.progress and dist.is_main()), dynamic_ncols=True)
+        window: List[Dict[str, float]] = []
+        images_seen, window_start = 0, time.perf_counter()
+        metrics: Dict[str, Any] = {}
+        while True:
+            progress = self.progress_fraction()
+            if progress >= 1.0:
+                break
+            step_start = time.perf_counter()
+            images, targets = next(loader_iter)
+            images = [im.to(self.device, non_blocking=True) for im in images]
+            targets = [{k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in t.items()} for t in targets]
+            factor = lr_factor(cfg, self.iteration, progress)
+            for group in self.optimizer.param_groups:
+                group["lr"] = cfg.train.lr * factor
+            with torch.autocast(self.device.type, enabled=self.use_amp):
+                losses = model(images, targets)
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                values = {k: float(v) for k, v in losses.items()}
+                raise TrainingDiverged(f"iteration {self.iteration}: loss is not finite {values}; "
+                                       f"last good checkpoint: {self.last_checkpoint or 'none written yet'}")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if cfg.train.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.iteration += 1
+            self.elapsed += time.perf_counter() - step_start
+            images_seen += len(images) * self.world
+
+            logged = dist.all_reduce_mean(torch.stack([loss.detach()] + [v.detach() for v in losses.values()]).float())
+            window.append(dict(zip(["loss"] + list(losses), logged.tolist())))
+            bar.update(1)
+            if self.iteration % cfg.train.log_period == 0:
+                self._log(log_file, window, images_seen, window_start, cfg.train.lr * factor, bar)
+                window, images_seen, window_start = [], 0, time.perf_counter()
+            if cfg.train.checkpoint_period and self.iteration % cfg.train.checkpoint_period == 0:
+                self.save(f"model_{self.iteration:07d}.pth")
+            if cfg.train.eval_period and self.iteration % cfg.train.eval_period == 0:
+                metrics = self._evaluate(log_file)
+                model.train()
+        if window:
+            self._log(log_file, window, images_seen, window_start, cfg.train.lr * factor, bar)
+        bar.close()
+        self.save("model_final.pth")
+        if dist.is_main() and log_file.exists():
+            loss_curve(log_file, self.output_dir / "loss_curve.png")
+        if cfg.data.test.ann_file or cfg.data.test.root:
+            metrics = self._evaluate(log_file, final=True)
+        dist.barrier()
+        return metrics
+
+    def _log(self, log_file: Path, window: List[Dict[str, float]], images_seen: int, window_start: float,
+             lr: float, bar) -> None:
+        rate = images_seen / max(time.perf_counter() - window_start, 1e-9)
+        row = {"iteration": self.iteration, "lr": lr, "elapsed_s": round(self.elapsed, 2), "images_per_s": round(rate, 3),
+               **{k: float(np.mean([w[k] for w in window])) for k in window[-1]}}
+        bar.set_postfix(loss=f"{row['loss']:.3f}", img_s=f"{rate:.1f}")
+        if dist.is_main():
+            with open(log_file, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def _evaluate(self, log_file: Path, final: bool = False) -> Dict[str, Any]:
+        metrics: Dict[str, Any] = {}
+        if dist.is_main():
+            metrics = evaluate(self.model, self.cfg, self.device, self.output_dir if final else None, self.progress)
+            with open(log_file, "a") as f:
+                f.write(json.dumps({"iteration": self.iteration, "eval": {k: metrics["coco"][k] for k in ("AP", "AP50", "AP75")}}) + "\n")
+            if final:
+                print(format_metrics(metrics))
+        dist.barrier()
+        return metrics
+
+
+def train(cfg: Config, output_dir, resume: bool = False, progress: bool = True) -> Dict[str, Any]:
+    """Train ``cfg``'s model into ``output_dir`` and evaluate it; returns the final metrics."""
+    return Trainer(cfg, output_dir, resume=resume, progress=progress).train()

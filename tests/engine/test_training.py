@@ -1,0 +1,119 @@
+"""End-to-end training on tiny synthetic data: overfitting, exact resume, divergence, safe checkpoints."""
+import json
+import pickle
+
+import pytest
+import torch
+
+from detect.config import load_config
+from detect.data.synthetic import generate_dataset
+from detect.engine.checkpoint import CheckpointError, find_last_checkpoint, load_checkpoint, load_model
+from detect.engine.trainer import TrainingDiverged, Trainer, train
+
+
+@pytest.fixture(scope="module")
+def four_images(tmp_path_factory):
+    out = tmp_path_factory.mktemp("four")
+    return generate_dataset(out, num_train=4, num_test=1, seed=3, long_side=128, max_objects=3)
+
+
+def tiny_config(data, *extra):
+    train_json = f"{data}/train.json"
+    return load_config("configs/faster_rcnn/shapes.yaml", [
+        f"data.train.ann_file={train_json}", f"data.train.img_dir={data}/images",
+        f"data.test.ann_file={train_json}", f"data.test.img_dir={data}/images",
+        "input.min_size=192", "input.min_size_test=192", "input.max_size=256", "input.flip_prob=0.0",
+        "model.roi_head.fc_dim=128", "model.roi_head.batch_size_per_image=64",
+        "model.rpn.anchor_sizes=[[12,24,48,96,192]]", "model.rpn.post_nms_topk_train=300",
+        "train.batch_size=2", "train.lr=0.02", "train.warmup_iters=20", "train.log_period=10",
+        "train.checkpoint_period=0", "data.num_workers=0", "device=cpu", *extra])
+
+
+def test_tiny_model_overfits_four_images(four_images, tmp_path):
+    cfg = tiny_config(four_images, "train.max_iter=400", "train.lr=0.03", "train.steps=[0.8]")
+    metrics = train(cfg, tmp_path, progress=False)
+    assert metrics["coco"]["AP50"] >= 0.9, metrics["coco"]
+    for name in ("config.yaml", "log.jsonl", "model_final.pth", "last_checkpoint", "metrics.json",
+                 "loss_curve.png", "pr_curves.png"):
+        assert (tmp_path / name).is_file(), name
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert losses[-1] < 0.5 * losses[0]
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["coco"]["AP50"] == metrics["coco"]["AP50"]
+
+
+def test_kill_and_resume_gives_the_same_weights(four_images, tmp_path):
+    extra = ["train.max_iter=12", "train.checkpoint_period=5", "data.test.ann_file=null",
+             "input.flip_prob=0.5", "input.color_jitter=0.2", "input.min_size=[160,192]"]
+    train(tiny_config(four_images, *extra), tmp_path / "full", progress=False)
+
+    # The "killed" run: same config, dies right after writing its checkpoint at iteration 10.
+    class Killed(Exception):
+        pass
+
+    interrupted = Trainer(tiny_config(four_images, *extra), tmp_path / "cut", progress=False)
+    save = interrupted.save
+
+    def save_then_die(name):
+        save(name)
+        if name == "model_0000010.pth":
+            raise Killed
+
+    interrupted.save = save_then_die
+    with pytest.raises(Killed):
+        interrupted.train()
+    assert not (tmp_path / "cut" / "model_final.pth").exists()
+    train(tiny_config(four_images, *extra), tmp_path / "cut", resume=True, progress=False)
+
+    a = load_checkpoint(tmp_path / "full" / "model_final.pth")
+    b = load_checkpoint(tmp_path / "cut" / "model_final.pth")
+    assert a["iteration"] == b["iteration"] == 12
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_nan_loss_stops_with_iteration_and_keeps_checkpoint(four_images, tmp_path, monkeypatch):
+    cfg = tiny_config(four_images, "train.max_iter=20", "train.checkpoint_period=3", "data.test.ann_file=null")
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    original = trainer.model.roi_head.losses
+    calls = {"n": 0}
+
+    def poisoned(*args, **kw):
+        calls["n"] += 1
+        out = original(*args, **kw)
+        if calls["n"] == 5:
+            out["loss_box"] = out["loss_box"] * float("nan")
+        return out
+
+    monkeypatch.setattr(trainer.model.roi_head, "losses", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"iteration 4: loss is not finite .*loss_box.*nan.*model_0000003.pth"):
+        trainer.train()
+    assert find_last_checkpoint(tmp_path).name == "model_0000003.pth"
+    kept = load_checkpoint(tmp_path / "model_0000003.pth")
+    assert kept["iteration"] == 3 and all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+
+
+def test_checkpoint_cannot_run_code_and_mismatch_is_refused(four_images, tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    bad = tmp_path / "evil.pth"
+    with open(bad, "wb") as f:
+        pickle.dump({"format": "detect-checkpoint-v1", "x": Evil()}, f)
+    with pytest.raises(CheckpointError, match="not a readable detect checkpoint"):
+        load_checkpoint(bad)
+    torch.save({"something": 1}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="not a detect-checkpoint-v1 checkpoint"):
+        load_checkpoint(tmp_path / "other.pth")
+
+    cfg = tiny_config(four_images, "train.max_iter=1", "data.test.ann_file=null")
+    train(cfg, tmp_path / "run", progress=False)
+    model, loaded_cfg = load_model(tmp_path / "run" / "model_final.pth")
+    assert loaded_cfg.data.classes == ["rectangle", "ellipse", "triangle"]
+    with pytest.raises(CheckpointError, match="backbone name 'tiny'"):
+        load_model(tmp_path / "run" / "model_final.pth", overrides=["model.backbone.name=resnet18"])
+    with pytest.raises(CheckpointError, match="3 classes"):
+        load_model(tmp_path / "run" / "model_final.pth", config="configs/faster_rcnn/shapes.yaml",
+                   overrides=["data.classes=[a,b]"])
