@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmarks: tables printed, ratios against the reference measured in the same run.
 
-  python tools/benchmark.py frcnn --config configs/faster_rcnn/bccd_mobilenet.yaml [--json out.json] [key=value ...]
+  python tools/benchmark.py frcnn --config configs/faster_rcnn/bccd.yaml [--train-minutes 15] [--json out.json] [key=value ...]
 """
 from __future__ import annotations
 
@@ -19,7 +19,12 @@ def cmd_frcnn(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     rows = run_frcnn_benchmark(cfg, num_images=args.num_images, train_steps=args.train_steps)
-    print(format_frcnn(rows))
+    print(format_frcnn(rows), flush=True)
+    if args.train_minutes > 0:
+        from detect.benchmark.frcnn import accuracy_same_budget, format_accuracy
+
+        rows["accuracy"] = accuracy_same_budget(cfg, args.train_minutes, args.output_dir)
+        print(format_accuracy(rows["accuracy"]))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0
@@ -32,6 +37,9 @@ def main(argv=None) -> int:
     p.add_argument("--config", required=True)
     p.add_argument("--num-images", type=int, default=10)
     p.add_argument("--train-steps", type=int, default=5)
+    p.add_argument("--train-minutes", type=float, default=0.0,
+                   help="also train both from scratch for this many minutes each and compare AP")
+    p.add_argument("--output-dir", default="runs/benchmark_frcnn", help="run folders of the accuracy comparison")
     p.add_argument("--json", help="also write the figures as json")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_frcnn)

@@ -11,6 +11,7 @@ Measured on the same images, on the same machine, one after the other:
 """
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, Callable, Dict, List, Sequence
 
@@ -133,4 +134,40 @@ def format_frcnn(rows: Dict[str, Any]) -> str:
     t = rows["train_step_s"]
     lines.append(f"train step (2 images): detect {1000 * t['detect']:.0f} ms, torchvision {1000 * t['torchvision']:.0f} ms")
     lines.append("ratios detect / torchvision: " + ", ".join(f"{k} {v:.2f}x" for k, v in rows["ratios"].items()))
+    return "\n".join(lines)
+
+
+def accuracy_same_budget(cfg: Config, minutes: float, output_dir) -> Dict[str, Any]:
+    """Train ``detect``'s model and torchvision's from scratch for the same wall-clock budget with the
+    same data, schedule and batch size, then evaluate both with the same evaluator."""
+    from pathlib import Path
+
+    from detect.engine.trainer import train
+
+    cfg.train.max_minutes = float(minutes)
+    cfg.train.max_iter = 10 ** 9
+    cfg.train.eval_period = 0
+    results = {}
+    for name in ("detect", "torchvision"):
+        torch.manual_seed(cfg.train.seed)
+        model = None if name == "detect" else torchvision_model(cfg)
+        metrics = train(cfg, Path(output_dir) / name, progress=False, model=model)
+        log = [json.loads(line) for line in (Path(output_dir) / name / "log.jsonl").read_text().splitlines()]
+        iterations = max(r["iteration"] for r in log)
+        results[name] = {"AP": metrics["coco"]["AP"], "AP50": metrics["coco"]["AP50"], "iterations": iterations,
+                         "per_class_AP50": {k: v["AP50"] for k, v in metrics["coco"]["per_class"].items()}}
+    results["AP50_ratio"] = results["detect"]["AP50"] / max(results["torchvision"]["AP50"], 1e-9)
+    results["minutes"] = minutes
+    return results
+
+
+def format_accuracy(res: Dict[str, Any]) -> str:
+    names = list(res["detect"]["per_class_AP50"])
+    lines = [f"from scratch, {res['minutes']} min each on this machine",
+             f"{'library':<12} {'iters':>6} {'AP':>6} {'AP50':>6}  " + "  ".join(f"{n:>9}" for n in names)]
+    for lib in ("detect", "torchvision"):
+        r = res[lib]
+        lines.append(f"{lib:<12} {r['iterations']:>6} {r['AP']:6.3f} {r['AP50']:6.3f}  "
+                     + "  ".join(f"{r['per_class_AP50'][n]:9.3f}" for n in names))
+    lines.append(f"AP50 detect / torchvision: {res['AP50_ratio']:.2f}x")
     return "\n".join(lines)

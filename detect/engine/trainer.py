@@ -190,7 +190,8 @@ def evaluate(model: torch.nn.Module, cfg: Config, device: torch.device, output_d
 class Trainer:
     """One training run; see the module docstring."""
 
-    def __init__(self, cfg: Config, output_dir, resume: bool = False, progress: bool = True):
+    def __init__(self, cfg: Config, output_dir, resume: bool = False, progress: bool = True,
+                 model: Optional[torch.nn.Module] = None):
         self.cfg = cfg
         self.output_dir = Path(output_dir)
         self.progress = progress
@@ -207,7 +208,9 @@ class Trainer:
         if cfg.data.test.ann_file or cfg.data.test.root:  # fail at start, not after training
             build_dataset(cfg, "test", class_names=cfg.data.classes)
 
-        self.model = build_model(cfg).to(self.device)
+        # ``model`` lets a benchmark train another library's detector with the same data, schedule
+        # and evaluation (anything taking images + targets and returning a loss dict).
+        self.model = (model if model is not None else build_model(cfg)).to(self.device)
         if cfg.model.weights:
             load_transfer_weights(self.model, cfg.model.weights)
         self.optimizer = build_optimizer(cfg, self.model)
@@ -282,7 +285,7 @@ class Trainer:
         rng_before = torch.get_rng_state()
         loader_iter = iter(self._loader())
         torch.set_rng_state(rng_before)
-        bar = tqdm(total=cfg.train.max_iter, initial=self.iteration, desc="train",
+        bar = tqdm(total=None if cfg.train.max_minutes > 0 else cfg.train.max_iter, initial=self.iteration, desc="train",
                    disable=not (self.progress and dist.is_main()), dynamic_ncols=True)
         window: List[Dict[str, float]] = []
         images_seen, window_start = 0, time.perf_counter()
@@ -302,7 +305,7 @@ class Trainer:
                 losses = model(images, targets)
             loss = sum(losses.values())
             if not torch.isfinite(loss):
-                values = {k: float(v) for k, v in losses.items()}
+                values = {k: float(v.detach()) for k, v in losses.items()}
                 raise TrainingDiverged(f"iteration {self.iteration}: loss is not finite {values}; "
                                        f"last good checkpoint: {self.last_checkpoint or 'none written yet'}")
             self.optimizer.zero_grad(set_to_none=True)
@@ -360,6 +363,7 @@ class Trainer:
         return metrics
 
 
-def train(cfg: Config, output_dir, resume: bool = False, progress: bool = True) -> Dict[str, Any]:
-    """Train ``cfg``'s model into ``output_dir`` and evaluate it; returns the final metrics."""
-    return Trainer(cfg, output_dir, resume=resume, progress=progress).train()
+def train(cfg: Config, output_dir, resume: bool = False, progress: bool = True,
+          model: Optional[torch.nn.Module] = None) -> Dict[str, Any]:
+    """Train ``cfg``'s model (or ``model``) into ``output_dir`` and evaluate it; returns the final metrics."""
+    return Trainer(cfg, output_dir, resume=resume, progress=progress, model=model).train()

@@ -117,3 +117,19 @@ def test_checkpoint_cannot_run_code_and_mismatch_is_refused(four_images, tmp_pat
     with pytest.raises(CheckpointError, match="3 classes"):
         load_model(tmp_path / "run" / "model_final.pth", config="configs/faster_rcnn/shapes.yaml",
                    overrides=["data.classes=[a,b]"])
+
+
+def test_transfer_weights_reinitialise_the_class_layers(four_images, tmp_path, caplog):
+    train(tiny_config(four_images, "train.max_iter=2", "data.test.ann_file=null"), tmp_path / "src", progress=False)
+    src = load_checkpoint(tmp_path / "src" / "model_final.pth")["model"]
+    cfg = tiny_config(four_images, "train.max_iter=1", "data.test.ann_file=null",
+                      f"model.weights={tmp_path / 'src' / 'model_final.pth'}", "data.classes=[rectangle,ellipse]",
+                      "data.category_map={triangle: null}")
+    with caplog.at_level("INFO", logger="detect"):
+        trainer = Trainer(cfg, tmp_path / "dst", progress=False)
+    own = trainer.model.state_dict()
+    assert torch.equal(own["backbone.stages.0.0.weight"], src["backbone.stages.0.0.weight"])
+    assert own["roi_head.predictor.cls_score.weight"].shape[0] == 3  # 2 classes + background, fresh
+    assert src["roi_head.predictor.cls_score.weight"].shape[0] == 4
+    message = " ".join(r.getMessage() for r in caplog.records)
+    assert "re-initialised" in message and "roi_head.predictor.cls_score.weight" in message

@@ -79,7 +79,9 @@ def test_inference_contract():
 
 
 @pytest.mark.parametrize("extra", [["model.backbone.fpn=true", "model.rpn.anchor_sizes=[]"],
-                                   ["model.roi_head.pooler=align"]])
+                                   ["model.roi_head.pooler=align"],
+                                   ["model.backbone.name=resnet18", "model.roi_head.box_head=res5",
+                                    "model.roi_head.batch_size_per_image=8", "model.backbone.freeze_at=2"]])
 def test_variants_build_and_run(extra):
     model = build_model(tiny_cfg(*extra)).train()
     losses = model([torch.rand(3, 64, 64)], [{"boxes": torch.tensor([[5.0, 5.0, 40.0, 30.0]]),

@@ -1,0 +1,116 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+
+from detect.config import load_config
+from detect.data.synthetic import generate_dataset
+from detect.engine import Predictor
+from detect.engine.trainer import train
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    data = generate_dataset(tmp_path_factory.mktemp("d"), num_train=2, num_test=1, seed=1, long_side=96)
+    out = tmp_path_factory.mktemp("run")
+    cfg = load_config("configs/faster_rcnn/shapes.yaml", [
+        f"data.train.ann_file={data}/train.json", f"data.train.img_dir={data}/images", "data.test.ann_file=null",
+        "train.max_iter=2", "data.num_workers=0", "model.roi_head.fc_dim=64", "input.min_size=96",
+        "input.min_size_test=96", "device=cpu", "model.roi_head.score_thresh=0.0"])
+    train(cfg, out, progress=False)
+    return out / "model_final.pth"
+
+
+@pytest.fixture
+def messy_folder(tmp_path):
+    root = tmp_path / "in"
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    for sub in ("a", "b"):
+        (root / sub).mkdir(parents=True)
+        cv2.imwrite(str(root / sub / "img.jpg"), img)
+    (root / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    (root / "notes.txt").write_text("not an image")
+    Image.fromarray(img[..., 0]).save(root / "gray.png")
+    Image.fromarray(np.dstack([img, np.full((60, 80), 128, np.uint8)]), "RGBA").save(root / "rgba.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 80x60, displayed 60x80 (w x h)
+    Image.fromarray(img).save(root / "rotated.jpg", exif=exif.tobytes())
+    return root
+
+
+def run_infer(*args):
+    return subprocess.run([sys.executable, str(REPO / "tools" / "infer.py"), *map(str, args)], capture_output=True,
+                          text=True, cwd=REPO, timeout=600, env={**os.environ, "CI": "true"})
+
+
+def test_cli_on_a_messy_folder_and_resume(checkpoint, messy_folder, tmp_path):
+    out = tmp_path / "out"
+    r = run_infer("--checkpoint", checkpoint, "--input", messy_folder, "--output", out, "--score-thresh", "0.0",
+                  "--batch-size", "2", "--workers", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    written = sorted(p.relative_to(out / "images").as_posix() for p in (out / "images").rglob("*") if p.is_file())
+    assert written == ["a/img.jpg", "b/img.jpg", "gray.png", "rgba.png", "rotated.jpg"]
+    shapes = {name: cv2.imread(str(out / "images" / name)).shape[:2] for name in written}
+    assert shapes["rotated.jpg"] == (80, 60)  # EXIF applied: boxes and output refer to the displayed image
+
+    skipped = json.loads((out / "skipped.json").read_text())
+    reasons = {Path(s["path"]).name: s["reason"] for s in skipped}
+    assert set(reasons) == {"corrupt.jpg", "notes.txt"}
+    assert "truncated" in reasons["corrupt.jpg"] or "not a decodable" in reasons["corrupt.jpg"]
+    assert "corrupt.jpg" in r.stdout and "skipped 2 files" in r.stdout
+
+    coco = COCO(str(out / "images.json"))
+    dets = coco.loadRes(str(out / "detections.json"))
+    assert len(coco.getImgIds()) == 5
+    sizes = {img["file_name"]: (img["height"], img["width"]) for img in coco.loadImgs(coco.getImgIds())}
+    assert sizes["rotated.jpg"] == (80, 60) and sizes["gray.png"] == (60, 80)
+    anns = dets.loadAnns(dets.getAnnIds())
+    assert anns, "a score threshold of 0 keeps detections"
+    for a in anns:
+        img = coco.loadImgs(a["image_id"])[0]
+        x, y, w, h = a["bbox"]
+        assert x >= 0 and y >= 0 and x + w <= img["width"] + 1e-3 and y + h <= img["height"] + 1e-3
+    total = len(anns)
+    assert f"{total} detections" in r.stdout
+
+    # Interrupted half-way: drop two results, run again with --skip-existing; only those are redone.
+    for name in ("b/img.jpg", "gray.png"):
+        (out / ".results" / f"{name}.json").unlink()
+    mtime = (out / "images" / "a" / "img.jpg").stat().st_mtime_ns
+    r = run_infer("--checkpoint", checkpoint, "--input", messy_folder, "--output", out, "--score-thresh", "0.0",
+                  "--skip-existing", "--workers", "0")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "2 processed now, 3 already done" in r.stdout
+    assert (out / "images" / "a" / "img.jpg").stat().st_mtime_ns == mtime
+    again = COCO(str(out / "images.json")).loadRes(str(out / "detections.json"))
+    assert len(again.getAnnIds()) == total and len(again.getImgIds()) == 5
+
+
+def test_predictor_api_maps_to_original_pixels(checkpoint, messy_folder):
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", score_thresh=0.0)
+    assert predictor.class_names == ["rectangle", "ellipse", "triangle"]
+    image = np.zeros((300, 500, 3), np.uint8)
+    one = predictor(image)
+    assert set(one) == {"boxes", "scores", "labels", "class_names"}
+    assert (one["boxes"][:, 2] <= 500).all() and (one["boxes"][:, 3] <= 300).all()
+    both = predictor([messy_folder / "gray.png", image])
+    assert len(both) == 2 and both[0]["boxes"].shape[1] == 4
+
+
+def test_empty_folder_and_bad_checkpoint_fail_clearly(checkpoint, tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = run_infer("--checkpoint", checkpoint, "--input", tmp_path / "empty", "--output", tmp_path / "o")
+    assert r.returncode == 2 and "no images found" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    r = run_infer("--checkpoint", tmp_path / "bad.pth", "--input", tmp_path / "empty", "--output", tmp_path / "o")
+    assert r.returncode == 2 and "bad.pth" in r.stderr and "Traceback" not in r.stderr
