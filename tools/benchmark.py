@@ -2,6 +2,7 @@
 """Benchmarks: tables printed, ratios against the reference measured in the same run.
 
   python tools/benchmark.py frcnn --config configs/faster_rcnn/bccd.yaml [--train-minutes 15] [--json out.json] [key=value ...]
+  python tools/benchmark.py infer --checkpoint runs/frcnn_bccd/model_final.pth --input datasets/BCCD/JPEGImages --limit 72
 """
 from __future__ import annotations
 
@@ -30,6 +31,17 @@ def cmd_frcnn(args) -> int:
     return 0
 
 
+def cmd_infer(args) -> int:
+    from detect.benchmark.infer import format_infer, run_infer_benchmark
+
+    rows = run_infer_benchmark(args.checkpoint, args.input, args.batch_size, args.workers, not args.no_save_images,
+                               args.limit)
+    print(format_infer(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -43,6 +55,15 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the figures as json")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_frcnn)
+    p = sub.add_parser("infer", help="tools/infer.py throughput against the model's forward-only throughput")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--input", required=True, help="image folder (e.g. BCCD's JPEGImages)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--limit", type=int, default=0, help="use only the first N images")
+    p.add_argument("--no-save-images", action="store_true")
+    p.add_argument("--json")
+    p.set_defaults(func=cmd_infer)
     args = parser.parse_args(argv)
     setup_logging()
     return args.func(args)
