@@ -114,3 +114,41 @@ def test_empty_folder_and_bad_checkpoint_fail_clearly(checkpoint, tmp_path):
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
     r = run_infer("--checkpoint", tmp_path / "bad.pth", "--input", tmp_path / "empty", "--output", tmp_path / "o")
     assert r.returncode == 2 and "bad.pth" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_video_every_kth_frame(checkpoint, tmp_path):
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (80, 64))
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        writer.write(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8))
+    writer.release()
+    r = run_infer("--checkpoint", checkpoint, "--input", video, "--output", tmp_path / "v", "--every", "2",
+                  "--score-thresh", "0.0")
+    assert r.returncode == 0, r.stderr[-2000:]
+    images = json.loads((tmp_path / "v" / "images.json").read_text())["images"]
+    assert [im["frame"] for im in images] == [0, 2, 4]
+    cap = cv2.VideoCapture(str(tmp_path / "v" / "clip_detections.mp4"))
+    frames = 0
+    while cap.read()[0]:
+        frames += 1
+    assert frames == 3
+    COCO(str(tmp_path / "v" / "images.json")).loadRes(str(tmp_path / "v" / "detections.json"))
+
+
+def test_very_large_image(checkpoint, tmp_path):
+    (tmp_path / "big").mkdir()
+    big = np.zeros((9000, 12000, 3), np.uint8)
+    big[::50] = 255
+    cv2.imwrite(str(tmp_path / "big" / "huge.png"), big, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    del big
+    r = run_infer("--checkpoint", checkpoint, "--input", tmp_path / "big", "--output", tmp_path / "o",
+                  "--score-thresh", "0.0", "--workers", "0")
+    assert r.returncode == 0, r.stderr[-2000:]
+    img = json.loads((tmp_path / "o" / "images.json").read_text())["images"][0]
+    assert (img["width"], img["height"]) == (12000, 9000)
+    drawn = cv2.imread(str(tmp_path / "o" / "images" / "huge.png"))
+    assert max(drawn.shape[:2]) == 4096  # annotated copy bounded in size
+    for d in json.loads((tmp_path / "o" / "detections.json").read_text()):
+        x, y, w, h = d["bbox"]
+        assert x + w <= 12000 + 1e-3 and y + h <= 9000 + 1e-3
