@@ -14,7 +14,8 @@ from pathlib import Path
 
 from detect.engine.checkpoint import load_model
 from detect.engine.evaluation import format_metrics
-from detect.engine.trainer import evaluate, resolve_device
+from detect.engine.device import resolve_device
+from detect.engine.trainer import evaluate
 from detect.utils.cli import run_cli, setup_logging
 
 

@@ -16,15 +16,10 @@ from detect.data.collate import image_to_tensor
 from detect.data.image_io import read_image, to_rgb_uint8
 from detect.data.transforms import build_transforms
 from detect.engine.checkpoint import load_model
+from detect.engine.device import resolve_device
 from detect.engine.inference import to_original
 
 ImageLike = Union[str, Path, np.ndarray]
-
-
-def _resolve_device(device: Optional[str]) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class Predictor:
@@ -50,7 +45,7 @@ class Predictor:
         extra = list(overrides)
         if score_thresh is not None:
             extra.append(f"model.roi_head.score_thresh={float(score_thresh)}")
-        dev = _resolve_device(device)
+        dev = resolve_device(device)
         model, cfg = load_model(path, overrides=extra, device=dev)
         return cls(model, cfg, dev)
 

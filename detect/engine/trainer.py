@@ -33,6 +33,7 @@ from detect.data.collate import collate_detection
 from detect.data.samplers import GroupedBatchSampler, InfiniteSampler, aspect_ratio_groups
 from detect.data.transforms import build_transforms
 from detect.engine import distributed as dist
+from detect.engine.device import resolve_device
 from detect.engine.checkpoint import (find_last_checkpoint, load_checkpoint, rng_state, save_checkpoint,
                                       set_rng_state, write_last_checkpoint)
 from detect.engine.evaluation import evaluate_detections, format_metrics
@@ -44,15 +45,6 @@ logger = logging.getLogger(__name__)
 
 class TrainingDiverged(FloatingPointError):
     """A loss became NaN or infinite."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available here (use device=cpu or auto)")
-    return device
 
 
 def seed_all(seed: int) -> None:

@@ -13,8 +13,9 @@ from detect.config import ConfigError
 from detect.data.dataset import DatasetError
 from detect.data.image_io import ImageReadError
 from detect.engine.checkpoint import CheckpointError
+from detect.engine.device import DeviceError
 
-USER_ERRORS = (ConfigError, DatasetError, ImageReadError, CheckpointError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DatasetError, ImageReadError, CheckpointError, DeviceError, FileNotFoundError)
 
 
 def setup_logging(level: int = logging.INFO) -> None:

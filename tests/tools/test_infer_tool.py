@@ -152,3 +152,9 @@ def test_very_large_image(checkpoint, tmp_path):
     for d in json.loads((tmp_path / "o" / "detections.json").read_text()):
         x, y, w, h = d["bbox"]
         assert x + w <= 12000 + 1e-3 and y + h <= 9000 + 1e-3
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_missing_cuda_is_a_clear_error(checkpoint, messy_folder, tmp_path):
+    r = run_infer("--checkpoint", checkpoint, "--input", messy_folder, "--output", tmp_path / "o", "--device", "cuda")
+    assert r.returncode == 2 and "CUDA is not available" in r.stderr and "Traceback" not in r.stderr
