@@ -116,38 +116,48 @@ def evaluate_voc(gt: Dict[str, Any], detections: Detections, iou_threshold: floa
     ``gt`` is a COCO dict (``iscrowd`` marks difficult boxes). Returns ``mAP_07``, ``mAP`` and
     ``per_class`` ``{name: {"AP_07", "AP"}}``; classes with no non-difficult box are left out of the means.
     """
-    gt_by = {}
+    raw: Dict[Any, List] = {}
     for a in gt["annotations"]:
         x, y, w, h = a["bbox"]
-        gt_by.setdefault((a["image_id"], a["category_id"]), []).append(([x, y, x + w, y + h], bool(a.get("iscrowd", 0))))
+        raw.setdefault((a["image_id"], a["category_id"]), []).append([x, y, x + w, y + h, float(a.get("iscrowd", 0))])
+    # (image, class) -> (boxes (G, 4) float64, difficult (G,) bool)
+    gt_by = {k: (np.asarray(v)[:, :4], np.asarray(v)[:, 4] > 0) for k, v in raw.items()}
     per_class = {}
     for cat in gt["categories"]:
         c = cat["id"]
-        npos = sum(not d for (img, cc), objs in gt_by.items() if cc == c for _, d in objs)
-        dets = []
+        npos = int(sum((~d).sum() for (img, cc), (_, d) in gt_by.items() if cc == c))
+        # One IoU matrix per image for this class; each detection keeps its best ground truth.
+        scores, images, best_gt, best_iou = [], [], [], []
         for image_id, det in detections.items():
-            labels = _as_numpy(det["labels"])
-            sel = labels == c
-            for box, score in zip(_as_numpy(det["boxes"])[sel].reshape(-1, 4), _as_numpy(det["scores"])[sel]):
-                dets.append((float(score), image_id, box))
-        dets.sort(key=lambda d: -d[0])
-        tp = np.zeros(len(dets))
-        fp = np.zeros(len(dets))
-        used: Dict[Any, np.ndarray] = {}
-        for i, (_, image_id, box) in enumerate(dets):
-            objs = gt_by.get((image_id, c), [])
-            if not objs:
-                fp[i] = 1
+            sel = _as_numpy(det["labels"]) == c
+            if not sel.any():
                 continue
-            boxes = torch.tensor([o[0] for o in objs], dtype=torch.float64)
-            ious = box_iou(torch.as_tensor(box, dtype=torch.float64)[None], boxes)[0].numpy()
-            j = int(ious.argmax())
-            if ious[j] < iou_threshold:
+            boxes = _as_numpy(det["boxes"])[sel].reshape(-1, 4).astype(np.float64)
+            scores.append(_as_numpy(det["scores"])[sel].astype(np.float64))
+            images += [image_id] * len(boxes)
+            gt_boxes = gt_by.get((image_id, c), (np.zeros((0, 4)), np.zeros(0, bool)))[0]
+            if len(gt_boxes):
+                ious = box_iou(torch.from_numpy(boxes), torch.from_numpy(gt_boxes)).numpy()
+                best_gt.append(ious.argmax(1))
+                best_iou.append(ious.max(1))
+            else:
+                best_gt.append(np.zeros(len(boxes), np.int64))
+                best_iou.append(np.zeros(len(boxes)))
+        scores = np.concatenate(scores) if scores else np.zeros(0)
+        order = np.argsort(-scores, kind="stable")
+        best_gt = np.concatenate(best_gt)[order] if best_gt else np.zeros(0, np.int64)
+        best_iou = np.concatenate(best_iou)[order] if best_iou else np.zeros(0)
+        tp = np.zeros(len(order))
+        fp = np.zeros(len(order))
+        used: Dict[Any, np.ndarray] = {}
+        for i, k in enumerate(order):
+            image_id, j = images[k], int(best_gt[i])
+            if best_iou[i] < iou_threshold:
                 fp[i] = 1
-            elif objs[j][1]:
+            elif gt_by[(image_id, c)][1][j]:
                 continue  # difficult: neither true nor false positive
             else:
-                flags = used.setdefault((image_id, c), np.zeros(len(objs), bool))
+                flags = used.setdefault(image_id, np.zeros(len(gt_by[(image_id, c)][1]), bool))
                 if flags[j]:
                     fp[i] = 1
                 else:
