@@ -36,6 +36,8 @@ setup(
         "tqdm>=4.64,<5",
         "matplotlib>=3.7,<4",
         "pillow>=9.0",
+        # selective search's per-pixel and per-merge loops are compiled with numba
+        "numba>=0.59",
     ],
     extras_require={
         "dev": ["pytest>=7.4,<10", "pytest-timeout>=2.1,<3"],

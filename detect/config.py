@@ -29,6 +29,7 @@ def _dataset_defaults() -> Dict[str, Any]:
         "split": None,        # voc: name of ImageSets/Main/<split>.txt
         "ann_file": None,     # coco: annotation json
         "img_dir": None,      # coco: folder the json's file_name are relative to
+        "proposals": None,    # Fast R-CNN / R-CNN: proposals file of this split (tools/proposals.py)
     }
 
 

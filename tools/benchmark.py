@@ -2,6 +2,7 @@
 """Benchmarks: tables printed, ratios against the reference measured in the same run.
 
   python tools/benchmark.py frcnn --config configs/faster_rcnn/bccd.yaml [--train-minutes 15] [--json out.json] [key=value ...]
+  python tools/benchmark.py proposals --config configs/datasets/bccd.yaml --opencv-python /path/to/contrib/venv/bin/python
   python tools/benchmark.py infer --checkpoint runs/frcnn_bccd/model_final.pth --input datasets/BCCD/JPEGImages --limit 72
 """
 from __future__ import annotations
@@ -42,6 +43,22 @@ def cmd_infer(args) -> int:
     return 0
 
 
+def cmd_proposals(args) -> int:
+    from detect.benchmark.proposals import format_proposal_benchmark, run_proposal_benchmark
+    from detect.data.build import build_dataset
+
+    cfg = load_config(args.config, args.overrides)
+    dataset = build_dataset(cfg, args.split)
+    records = dataset.records[:args.num_images] if args.num_images else dataset.records
+    rows = run_proposal_benchmark(records, dataset.class_names, args.modes.split(","), args.opencv_python)
+    print(format_proposal_benchmark(rows))
+    if args.json:
+        for row in rows["rows"]:
+            row["recall"] = {k: row["recall"][k] for k in ("counts", "overall", "per_class", "mean_proposals")}
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -55,6 +72,15 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the figures as json")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_frcnn)
+    p = sub.add_parser("proposals", help="selective search against OpenCV contrib's: time, recall, MABO")
+    p.add_argument("--config", default="configs/datasets/bccd.yaml", help="dataset config")
+    p.add_argument("--split", default="test", choices=["train", "test"], help="which data.<split> to use")
+    p.add_argument("--num-images", type=int, default=0, help="only the first N images (0: all)")
+    p.add_argument("--modes", default="fast", help="comma-separated: single, fast, quality")
+    p.add_argument("--opencv-python", help="a Python with opencv-contrib (cv2.ximgproc) to measure OpenCV's")
+    p.add_argument("--json")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_proposals)
     p = sub.add_parser("infer", help="tools/infer.py throughput against the model's forward-only throughput")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--input", required=True, help="image folder (e.g. BCCD's JPEGImages)")

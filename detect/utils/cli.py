@@ -14,8 +14,10 @@ from detect.data.dataset import DatasetError
 from detect.data.image_io import ImageReadError
 from detect.engine.checkpoint import CheckpointError
 from detect.engine.device import DeviceError
+from detect.proposals.cache import ProposalError
 
-USER_ERRORS = (ConfigError, DatasetError, ImageReadError, CheckpointError, DeviceError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DatasetError, ImageReadError, CheckpointError, DeviceError, ProposalError,
+               FileNotFoundError)
 
 
 def setup_logging(level: int = logging.INFO) -> None:
