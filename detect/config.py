@@ -73,6 +73,36 @@ DEFAULTS: Dict[str, Any] = {
             "score_thresh": 0.05,
             "nms_thresh": 0.5,
             "detections_per_image": 100,
+            "svd_ranks": [],       # [fc6, fc7] ranks of a truncated-SVD compressed head (tools/compress.py)
+        },
+        "proposals": {             # Fast R-CNN / R-CNN: external proposals (data.<split>.proposals)
+            "mode": "fast",        # selective search mode when computed on the fly (no proposals file)
+            "max_side": 0,         # on the fly: search a copy downscaled to this side; 0 keeps the size
+            "seed": 0,
+            "topk_train": 2000,    # best-ranked proposals used per image
+            "topk_test": 2000,
+        },
+        "rcnn": {
+            "crop_size": 227,      # warped proposal side (the paper: 227)
+            "context": 16,         # context pixels around the proposal at the warped size (the paper: 16)
+            "fc_dim": 512,         # feature size read by the SVMs and box regressors
+            "batch_rois": 128,     # fine-tuning crops per batch (all images), 25% foreground
+            "fg_fraction": 0.25,
+            "fg_iou": 0.5,
+            "crops_per_chunk": 256,  # crops per network call when extracting features / testing
+            "nms_thresh": 0.3,     # the paper's per-class NMS at test time
+            "detections_per_image": 100,
+            "bbox_reg": True,      # apply the class-specific box regressors at test time
+            "svm_proposals": 2000,  # best proposals per training image whose features train the SVMs
+            "feature_dtype": "float16",  # the on-disk feature cache: float16 | float32
+            "svm_C": 0.001,
+            "svm_positive_weight": 2.0,
+            "svm_passes": 3,       # hard negative mining passes
+            "bbox_reg_lambda": 1000.0,
+        },
+        "fast_rcnn": {
+            "pyramid_scales": [],  # multi-scale testing: image scale factors; each RoI is pooled from the
+            "pyramid_roi_size": 224,  # scale where its area is closest to pyramid_roi_size^2 (the paper)
         },
     },
     "input": {
@@ -124,9 +154,12 @@ _TYPES: Dict[str, Tuple[type, ...]] = {
 }
 _LIST_ITEMS: Dict[str, type] = {"input.min_size": int, "data.classes": str, "model.rpn.anchor_sizes": list,
                                  "model.rpn.aspect_ratios": float, "model.roi_head.bbox_reg_weights": float,
-                                 "train.steps": float}
+                                 "train.steps": float, "model.roi_head.svd_ranks": int,
+                                 "model.fast_rcnn.pyramid_scales": float}
 _CHOICES: Dict[str, Sequence[str]] = {
-    "model.type": ("faster_rcnn",),
+    "model.type": ("faster_rcnn", "fast_rcnn", "rcnn"),
+    "model.rcnn.feature_dtype": ("float16", "float32"),
+    "model.proposals.mode": ("single", "fast", "quality"),
     "train.lr_schedule": ("step", "cosine"),
     "model.backbone.name": ("vgg16", "resnet18", "resnet50", "mobilenet_v3_large", "tiny"),
     "model.backbone.norm": ("auto", "frozen_bn", "bn", "gn"),

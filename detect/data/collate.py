@@ -6,7 +6,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
-_TENSOR_DTYPES = {"boxes": torch.float32, "labels": torch.int64, "ignore": torch.bool}
+_TENSOR_DTYPES = {"boxes": torch.float32, "labels": torch.int64, "ignore": torch.bool,
+                  "proposals": torch.float32}
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:

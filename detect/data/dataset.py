@@ -163,7 +163,9 @@ class DetectionDataset(Dataset):
 
     ``image`` is ``HxWx3`` uint8 RGB; ``target`` holds ``boxes (N, 4)`` float32 xyxy, ``labels (N,)``
     int64 in ``1..C``, ``ignore (N,)`` bool (crowd / difficult), ``image_id`` int and ``orig_size``
-    ``(height, width)`` of the file. ``transforms(image, target)`` is applied last.
+    ``(height, width)`` of the file. With proposals attached (Fast R-CNN, R-CNN: see
+    :func:`detect.proposals.cache.attach_proposals`) it also holds ``proposals (P, 4)`` float32
+    xyxy, best-ranked first. ``transforms(image, target)`` is applied last.
     """
 
     def __init__(self, records: List[ImageRecord], categories: CategoryMap, problems: List[Problem],
@@ -177,6 +179,8 @@ class DetectionDataset(Dataset):
         self.transforms = transforms
         self.description = description
         self._size_warned = set()
+        # per record, a callable giving its proposals (original pixels); set by attach_proposals
+        self.proposals: Optional[Callable[[int], np.ndarray]] = None
         if check_files:
             self._check_files_exist()
         self._report_problems()
@@ -214,6 +218,8 @@ class DetectionDataset(Dataset):
             "image_id": record.image_id,
             "orig_size": (height, width),
         }
+        if self.proposals is not None:
+            target["proposals"] = clip_boxes_np(self.proposals(index), (height, width))
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target

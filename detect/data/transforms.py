@@ -42,7 +42,9 @@ class DetectionTransform:
     """``(image, target) -> (image, target)``: resize, and when training, flip and colour jitter.
 
     The target's ``boxes``, ``labels`` and ``ignore`` move together (albumentations may drop a box
-    and its labels as one). ``scale`` = ``(new_w / old_w, new_h / old_h)`` is added to the target.
+    and its labels as one). ``proposals`` (Fast R-CNN, R-CNN), when present, ride along in the same
+    box list so that they are resized and flipped exactly as the objects are, and keep their order.
+    ``scale`` = ``(new_w / old_w, new_h / old_h)`` is added to the target.
 
     Args:
         min_size: short side after resizing; a list draws one per image (multi-scale training).
@@ -63,7 +65,7 @@ class DetectionTransform:
                                        saturation=color_jitter, hue=min(0.5, color_jitter / 10), p=0.5))
         self.train = train
         self.pipeline = A.Compose(
-            steps, bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels", "ignore"],
+            steps, bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels", "ignore", "is_proposal"],
                                             clip=True, filter_invalid_bboxes=True))
 
     def set_seed(self, seed: Optional[int]) -> None:
@@ -72,14 +74,23 @@ class DetectionTransform:
 
     def __call__(self, image: np.ndarray, target: Dict[str, Any]) -> Tuple[np.ndarray, Dict[str, Any]]:
         height, width = image.shape[:2]
-        out = self.pipeline(image=image, bboxes=np.asarray(target["boxes"], np.float32).reshape(-1, 4),
-                            labels=np.asarray(target["labels"], np.int64),
-                            ignore=np.asarray(target["ignore"], bool))
+        boxes = np.asarray(target["boxes"], np.float32).reshape(-1, 4)
+        labels = np.asarray(target["labels"], np.int64)
+        ignore = np.asarray(target["ignore"], bool)
+        proposals = np.asarray(target.get("proposals", np.zeros((0, 4))), np.float32).reshape(-1, 4)
+        is_proposal = np.r_[np.zeros(len(boxes), bool), np.ones(len(proposals), bool)]
+        out = self.pipeline(image=image, bboxes=np.concatenate([boxes, proposals]),
+                            labels=np.r_[labels, np.zeros(len(proposals), np.int64)],
+                            ignore=np.r_[ignore, np.zeros(len(proposals), bool)], is_proposal=is_proposal)
         new_h, new_w = out["image"].shape[:2]
+        moved = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
+        is_proposal = np.asarray(out["is_proposal"], bool)
         target = dict(target)
-        target["boxes"] = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
-        target["labels"] = np.asarray(out["labels"], np.int64)
-        target["ignore"] = np.asarray(out["ignore"], bool)
+        target["boxes"] = moved[~is_proposal]
+        target["labels"] = np.asarray(out["labels"], np.int64)[~is_proposal]
+        target["ignore"] = np.asarray(out["ignore"], bool)[~is_proposal]
+        if "proposals" in target:
+            target["proposals"] = moved[is_proposal]
         target["scale"] = (new_w / width, new_h / height)
         return out["image"], target
 

@@ -38,18 +38,25 @@ def predict_dataset(model: torch.nn.Module, dataset, device: torch.device, batch
     was_training = model.training
     model.eval()
     detections: Dict[int, Dict[str, np.ndarray]] = {}
-    model_time = 0.0
+    model_time = proposal_time = 0.0
     start = time.perf_counter()
     for images, targets in tqdm(loader, desc="inference", disable=not progress, leave=False):
         images = [im.to(device, non_blocking=True) for im in images]
         t0 = time.perf_counter()
-        outputs = model(images)
+        if all("proposals" in t for t in targets):  # Fast R-CNN with a proposals file
+            outputs = model(images, proposals=[t["proposals"] for t in targets])
+        else:
+            outputs = model(images)
         if device.type == "cuda":
             torch.cuda.synchronize()
         model_time += time.perf_counter() - t0
+        proposal_time += getattr(model, "last_proposal_seconds", 0.0)  # selective search run by the model
         for out, target in zip(outputs, targets):
             detections[int(target["image_id"])] = to_original(out, target)
     model.train(was_training)
     total = time.perf_counter() - start
     n = max(len(detections), 1)
-    return detections, {"images": len(detections), "seconds_per_image": total / n, "model_seconds_per_image": model_time / n}
+    return detections, {"images": len(detections), "seconds_per_image": total / n,
+                        "model_seconds_per_image": model_time / n,
+                        "proposal_seconds_per_image": proposal_time / n,
+                        "network_seconds_per_image": (model_time - proposal_time) / n}

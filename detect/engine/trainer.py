@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from detect.config import Config, save_config
 from detect.data.build import build_dataset
+from detect.proposals.cache import attach_proposals
 from detect.data.coco import to_coco_dict
 from detect.data.collate import collate_detection
 from detect.data.samplers import GroupedBatchSampler, InfiniteSampler, aspect_ratio_groups
@@ -123,6 +124,11 @@ def load_transfer_weights(model: torch.nn.Module, path: str) -> Dict[str, List[s
     return report
 
 
+def uses_proposals(cfg: Config) -> bool:
+    """Whether the model takes external proposals (Fast R-CNN) rather than making its own."""
+    return cfg.model.type in ("fast_rcnn", "rcnn")
+
+
 def check_checkpoint_matches(state: Dict[str, Any], cfg: Config, path) -> None:
     """Refuse a checkpoint made for another model (class count, backbone) with a clear message."""
     saved = state.get("config", {}).get("model", {})
@@ -168,6 +174,8 @@ def evaluate(model: torch.nn.Module, cfg: Config, device: torch.device, output_d
              progress: bool = True) -> Dict[str, Any]:
     """COCO and VOC metrics of ``model`` on ``data.test``; writes metrics.json / pr_curves.png."""
     test_set = build_dataset(cfg, "test", transforms=build_transforms(cfg, train=False), class_names=cfg.data.classes)
+    if uses_proposals(cfg):  # without a test proposals file the model runs selective search itself
+        attach_proposals(test_set, cfg, "test", cfg.model.proposals.topk_test, required=False)
     detections, timing = predict_dataset(model, test_set, device, cfg.test.batch_size, cfg.data.num_workers, progress)
     metrics = evaluate_detections(to_coco_dict(test_set), detections, output_dir=output_dir)
     metrics["timing"] = timing
@@ -195,10 +203,14 @@ class Trainer:
         seed_all(cfg.train.seed)
 
         self.train_set = build_dataset(cfg, "train", transforms=build_transforms(cfg, train=True))
+        if uses_proposals(cfg):
+            attach_proposals(self.train_set, cfg, "train", cfg.model.proposals.topk_train, required=True)
         if not cfg.data.classes:
             cfg.data.classes = list(self.train_set.class_names)
         if cfg.data.test.ann_file or cfg.data.test.root:  # fail at start, not after training
-            build_dataset(cfg, "test", class_names=cfg.data.classes)
+            test_set = build_dataset(cfg, "test", class_names=cfg.data.classes)
+            if uses_proposals(cfg):
+                attach_proposals(test_set, cfg, "test", cfg.model.proposals.topk_test, required=False)
 
         # ``model`` lets a benchmark train another library's detector with the same data, schedule
         # and evaluation (anything taking images + targets and returning a loss dict).
@@ -326,6 +338,14 @@ class Trainer:
             self._log(log_file, window, images_seen, window_start, cfg.train.lr * factor, bar)
         bar.close()
         self.save("model_final.pth")
+        if cfg.model.type == "rcnn" and dist.is_main():
+            # phases 2 and 3 (SVMs, box regressors) on the fine-tuned network; their feature cache
+            # resumes on its own, and model_final.pth is rewritten with the fitted SVMs
+            from detect.engine.rcnn import fit_svms_and_regressors
+
+            fit_svms_and_regressors(self.model, cfg, self.output_dir, self.device, self.progress)
+            self.save("model_final.pth")
+            model.train()
         if dist.is_main() and log_file.exists():
             loss_curve(log_file, self.output_dir / "loss_curve.png")
         if cfg.data.test.ann_file or cfg.data.test.root:

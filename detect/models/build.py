@@ -6,9 +6,12 @@ from typing import List, Sequence
 
 from detect.models.anchors import AnchorGenerator
 from detect.models.backbones import Backbone, build_backbone
+from detect.models.fast_rcnn import FastRCNN
+from detect.models.rcnn import RCNN
 from detect.models.faster_rcnn import FasterRCNN
 from detect.models.roi_head import BoxPredictor, Res5Head, RoIHead, TwoFCHead
 from detect.models.rpn import RPN, RPNHead
+from detect.models.svd import factorise_box_head_shapes
 from detect.ops import BalancedSampler, BoxCoder, Matcher, RoIPooler
 
 logger = logging.getLogger(__name__)
@@ -53,6 +56,8 @@ def build_roi_head(cfg, backbone: Backbone, num_classes: int) -> RoIHead:
     else:
         resolution = h.resolution
         box_head = TwoFCHead(backbone.out_channels, resolution, h.fc_dim)
+        if h.svd_ranks:  # a checkpoint compressed by tools/compress.py: build its layer shapes
+            factorise_box_head_shapes(box_head, h.svd_ranks)
     pooler = RoIPooler(resolution, backbone.roi_strides, mode=h.pooler, sampling_ratio=h.sampling_ratio)
     labels = [0, 1] if h.bg_iou_low <= 0 else [-1, 0, 1]
     thresholds = [h.fg_iou] if h.bg_iou_low <= 0 else [h.bg_iou_low, h.fg_iou]
@@ -69,6 +74,21 @@ def build_model(cfg):
         raise ValueError("data.classes is empty: the model needs the class names (the training tool fills "
                          "them from the dataset; set data.classes=[a,b,...] otherwise)")
     backbone = backbone_from_config(cfg)
+    p = cfg.model.proposals
+    if cfg.model.type == "rcnn":
+        r = cfg.model.rcnn
+        return RCNN(backbone, class_names, crop_size=r.crop_size, context=r.context, fc_dim=r.fc_dim,
+                    batch_rois=r.batch_rois, fg_fraction=r.fg_fraction, fg_iou=r.fg_iou,
+                    crops_per_chunk=r.crops_per_chunk, nms_thresh=r.nms_thresh,
+                    detections_per_image=r.detections_per_image, bbox_reg=r.bbox_reg, proposal_mode=p.mode,
+                    proposal_max_side=p.max_side or None, proposal_seed=p.seed, topk_train=p.topk_train,
+                    topk_test=p.topk_test)
+    if cfg.model.type == "fast_rcnn":
+        roi_head = build_roi_head(cfg, backbone, len(class_names))
+        f = cfg.model.fast_rcnn
+        return FastRCNN(backbone, roi_head, class_names, proposal_mode=p.mode, proposal_max_side=p.max_side or None,
+                        proposal_seed=p.seed, topk_train=p.topk_train, topk_test=p.topk_test,
+                        pyramid_scales=f.pyramid_scales, pyramid_roi_size=f.pyramid_roi_size)
     rpn = build_rpn(cfg, backbone)
     roi_head = build_roi_head(cfg, backbone, len(class_names))
     return FasterRCNN(backbone, rpn, roi_head, class_names)

@@ -104,7 +104,14 @@ class RoIHead(nn.Module):
         return self.postprocess(class_logits, box_deltas, proposals, image_sizes)
 
     def predict(self, features: List[torch.Tensor], rois: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        pooled = self.pooler(features[: len(self.pooler.strides)], rois)
+        """Class logits ``(R, C + 1)`` and deltas ``(R, 4 (C + 1))`` of the RoIs (all images, in order)."""
+        return self.classify(self.pool(features, rois))
+
+    def pool(self, features: List[torch.Tensor], rois: List[torch.Tensor]) -> torch.Tensor:
+        """``(R, channels, r, r)`` pooled features of the RoIs (per image ``(R_i, 4)`` xyxy)."""
+        return self.pooler(features[: len(self.pooler.strides)], rois)
+
+    def classify(self, pooled: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.predictor(self.box_head(pooled))
 
     @torch.no_grad()

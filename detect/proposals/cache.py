@@ -55,18 +55,23 @@ class ProposalFile:
     meta: Dict
 
     def __post_init__(self):
-        self._by_key = {str(k): i for i, k in enumerate(self.keys)}
+        self._by_key = {str(k): i for i, k in enumerate(self.keys) if str(k)}
         self._by_id = {int(k): i for i, k in enumerate(self.image_ids)}
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
+    def index_of(self, key: Optional[str] = None, image_id: Optional[int] = None) -> Optional[int]:
+        """Row of an image: by key when the file has keys (VOC image ids are positions within a
+        split, so they could silently match another split's image), else by image id."""
+        if self._by_key:
+            return self._by_key.get(key) if key is not None else None
+        return self._by_id.get(int(image_id)) if image_id is not None else None
+
     def get(self, key: Optional[str] = None, image_id: Optional[int] = None
             ) -> Optional[Tuple[np.ndarray, Optional[np.ndarray]]]:
         """``(boxes (N, 4), scores (N,) or None)`` of an image, or None when it is not in the file."""
-        index = self._by_key.get(key) if key is not None else None
-        if index is None and image_id is not None:
-            index = self._by_id.get(int(image_id))
+        index = self.index_of(key, image_id)
         if index is None:
             return None
         lo, hi = self.offsets[index], self.offsets[index + 1]
@@ -312,3 +317,46 @@ def proposals_for_records(proposals: ProposalFile, records: Iterable, command_hi
             raise ProposalError(f"{r.path}: no proposals for this image in {proposals.path}{hint}")
         out.append(found[0])
     return out
+
+
+def compute_command(which: str) -> str:
+    return (f"python tools/proposals.py compute --config <your config> --split {which} "
+            f"--output proposals/<name>.npz, then set data.{which}.proposals=proposals/<name>.npz")
+
+
+def attach_proposals(dataset, cfg, which: str, topk: int, required: bool) -> bool:
+    """Give every item of ``dataset`` its proposals from ``data.<which>.proposals`` (top ``topk``).
+
+    Every image is looked up now, so a missing one fails before any training, naming the image and
+    the command that computes the file. Without a file: an error when ``required`` (training),
+    else False (inference then computes proposals on the fly).
+    """
+    path = cfg.data[which].proposals
+    if not path:
+        if required:
+            raise ProposalError(f"data.{which}.proposals is not set: {cfg.model.type} trains on precomputed "
+                                f"proposals. Compute them with: {compute_command(which)}")
+        return False
+    if not Path(path).is_file():
+        raise ProposalError(f"data.{which}.proposals: {path}: proposals file not found. "
+                            f"Compute it with: {compute_command(which)}")
+    proposals = load_proposals(path)
+    records = list(dataset.records)
+    keys = image_keys([r.path for r in records])
+    index = []
+    for record, key in zip(records, keys):
+        found = proposals.index_of(key, record.image_id)
+        if found is None:
+            raise ProposalError(f"{record.path}: no proposals for this image in {path} (made for another split "
+                                f"or interrupted?). Compute them with: {compute_command(which)}")
+        index.append(found)
+    offsets, boxes = proposals.offsets, proposals.boxes
+
+    def lookup(i: int) -> np.ndarray:
+        lo = offsets[index[i]]
+        return boxes[lo:min(offsets[index[i] + 1], lo + topk)]
+
+    dataset.proposals = lookup
+    LOG.info("%s: proposals from %s (%.0f per image on average, using the best %d)", dataset.description, path,
+             len(boxes) / max(len(proposals), 1), topk)
+    return True

@@ -9,7 +9,7 @@ first) is its *best overlap*. From those:
 
 The same function scores selective search and RPN proposals: it only needs boxes.
 """
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch

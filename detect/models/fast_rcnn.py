@@ -1,0 +1,104 @@
+"""Fast R-CNN: backbone -> RoI pooling of external proposals -> RoI head (Girshick, ICCV 2015).
+
+The same backbone, batcher and RoI head as Faster R-CNN; only the proposals come from outside:
+from the training targets (``target["proposals"]``, attached by the dataset from a proposals file),
+from the ``proposals`` argument, or, at inference without either, from selective search run on the
+image as passed. Inputs and outputs follow the models' contract (see ``faster_rcnn.py``).
+
+Multi-scale testing (``pyramid_scales``) runs the backbone on rescaled copies of each image and
+pools every RoI from the scale at which its area is closest to ``pyramid_roi_size ** 2`` pixels,
+as the paper does to scale-normalise the proposals.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detect.models.backbones import Backbone
+from detect.models.external_proposals import prepare_proposals, search_images
+from detect.models.faster_rcnn import ImageBatcher
+from detect.models.roi_head import RoIHead
+
+
+class FastRCNN(nn.Module):
+    """Backbone and RoI head over given proposals.
+
+    Args:
+        backbone, roi_head: shared parts (see ``detect.models.build``).
+        class_names: the ``C`` class names, label ``i`` is ``class_names[i - 1]``.
+        proposal_mode, proposal_max_side, proposal_seed: selective search settings used when
+            inference gets no proposals.
+        topk_train, topk_test: best-ranked proposals kept per image.
+        pyramid_scales: image scale factors for multi-scale testing (empty: single scale).
+        pyramid_roi_size: the RoI side each proposal is scale-normalised towards.
+    """
+
+    uses_proposals = True
+
+    def __init__(self, backbone: Backbone, roi_head: RoIHead, class_names: Sequence[str],
+                 proposal_mode: str = "fast", proposal_max_side: Optional[int] = None, proposal_seed: int = 0,
+                 topk_train: int = 2000, topk_test: int = 2000, pyramid_scales: Sequence[float] = (),
+                 pyramid_roi_size: float = 224.0):
+        super().__init__()
+        self.batcher = ImageBatcher(max(backbone.strides))
+        self.backbone = backbone
+        self.roi_head = roi_head
+        self.class_names = list(class_names)
+        self.proposal_mode = proposal_mode
+        self.proposal_max_side = proposal_max_side
+        self.proposal_seed = proposal_seed
+        self.topk = (topk_train, topk_test)
+        self.pyramid_scales = [float(s) for s in pyramid_scales]
+        self.pyramid_roi_size = float(pyramid_roi_size)
+        # seconds spent in selective search by the last forward (0 when proposals were given)
+        self.last_proposal_seconds = 0.0
+
+    def forward(self, images: List[torch.Tensor], targets: Optional[List[Dict[str, torch.Tensor]]] = None,
+                proposals: Optional[List[torch.Tensor]] = None):
+        if self.training and targets is None:
+            raise ValueError("FastRCNN in training mode needs targets (call model.eval() for inference)")
+        if proposals is None and targets is not None and all("proposals" in t for t in targets):
+            proposals = [t["proposals"] for t in targets]
+        self.last_proposal_seconds = 0.0
+        if proposals is None:
+            if self.training:
+                raise ValueError("FastRCNN training needs proposals: each target's 'proposals' "
+                                 "(set data.train.proposals to a file made by tools/proposals.py)")
+            proposals, self.last_proposal_seconds = search_images(
+                images, self.proposal_mode, self.proposal_seed, self.proposal_max_side)
+        sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
+        proposals = prepare_proposals(proposals, sizes, images[0].device, self.topk[0 if self.training else 1])
+        if not self.training and self.pyramid_scales:
+            return self._pyramid_inference(images, proposals, sizes)
+        batch, sizes = self.batcher(images)
+        features = self.backbone(batch)
+        if self.training:
+            return self.roi_head(features, proposals, sizes, targets)
+        return self.roi_head(features, proposals, sizes)
+
+    def _pyramid_inference(self, images: List[torch.Tensor], proposals: List[torch.Tensor], sizes):
+        scales = torch.tensor(self.pyramid_scales, device=images[0].device)
+        rois = torch.cat(proposals)
+        area = (rois[:, 2] - rois[:, 0]) * (rois[:, 3] - rois[:, 1])
+        level = (area[:, None] * scales[None] ** 2 - self.pyramid_roi_size ** 2).abs().argmin(dim=1)
+        owner = torch.cat([torch.full((len(p),), i, device=rois.device) for i, p in enumerate(proposals)])
+        pooled = None
+        for s_index, scale in enumerate(self.pyramid_scales):
+            chosen = torch.nonzero(level == s_index).flatten()
+            if chosen.numel() == 0:
+                continue
+            scaled = [F.interpolate(im[None], scale_factor=scale, mode="bilinear", align_corners=False,
+                                    recompute_scale_factor=False)[0] for im in images]
+            batch, _ = self.batcher(scaled)
+            features = self.backbone(batch)
+            per_image = [rois[chosen[owner[chosen] == i]] * scale for i in range(len(images))]
+            part = self.roi_head.pool(features, per_image)
+            if pooled is None:
+                pooled = part.new_zeros((len(rois),) + tuple(part.shape[1:]))
+            order = torch.cat([chosen[owner[chosen] == i] for i in range(len(images))])
+            pooled[order] = part
+        class_logits, box_deltas = self.roi_head.classify(pooled)
+        return self.roi_head.postprocess(class_logits, box_deltas, proposals, sizes)

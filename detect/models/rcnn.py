@@ -1,0 +1,206 @@
+"""R-CNN: one CNN pass per warped proposal, linear SVMs, linear box regression (Girshick et al. 2014).
+
+Each proposal is dilated so that, once warped to ``crop_size x crop_size`` (anisotropically, as in
+the paper), ``context`` pixels of its surroundings border it; the crops of all proposals of a
+batch are cut in one ``roi_align`` call over the normalised images. A crop goes through the shared
+backbone, global average pooling and one fully connected layer: that layer's output is the
+feature the SVMs and box regressors read.
+
+Training has three phases (``detect/engine/rcnn.py`` runs phases 2 and 3):
+
+1. fine-tune the network as a (C+1)-way classifier on crops: this module's training forward, with
+   128 crops per batch, 25% foreground (IoU >= 0.5), the rest background;
+2. one linear SVM per class on cached features, with hard negative mining;
+3. class-specific ridge regression from features to box deltas (the shared ``BoxCoder``).
+
+At test time every proposal is scored by the SVMs (before phase 2: by the softmax classifier),
+its box regressed per class, and per-class NMS (0.3 in the paper) keeps the detections.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import roi_align
+
+from detect.models.backbones import Backbone
+from detect.models.external_proposals import prepare_proposals, search_images
+from detect.models.faster_rcnn import ImageBatcher
+from detect.ops import BalancedSampler, BoxCoder, Matcher, batched_nms, box_iou, clip_boxes
+
+
+class RCNN(nn.Module):
+    """See the module docstring.
+
+    Args:
+        backbone: the shared backbone (its last map is pooled).
+        class_names: the ``C`` class names.
+        crop_size: warped crop side (the paper: 227).
+        context: context pixels around the proposal at the warped size (the paper: 16).
+        fc_dim: feature size (the SVMs' input).
+        batch_rois, fg_fraction, fg_iou: fine-tuning mini-batch (128, 0.25, 0.5).
+        crops_per_chunk: crops per network call at inference (bounds memory).
+        nms_thresh, detections_per_image: test-time post-processing.
+        bbox_reg: apply the box regressors at test time (once fitted).
+        proposal_*: selective search settings for inference without a proposals file.
+    """
+
+    uses_proposals = True
+
+    def __init__(self, backbone: Backbone, class_names: Sequence[str], crop_size: int = 227, context: int = 16,
+                 fc_dim: int = 512, batch_rois: int = 128, fg_fraction: float = 0.25, fg_iou: float = 0.5,
+                 crops_per_chunk: int = 256, nms_thresh: float = 0.3, detections_per_image: int = 100,
+                 bbox_reg: bool = True, proposal_mode: str = "fast", proposal_max_side: Optional[int] = None,
+                 proposal_seed: int = 0, topk_train: int = 2000, topk_test: int = 2000):
+        super().__init__()
+        if not 0 <= 2 * context < crop_size:
+            raise ValueError(f"context {context} leaves no room in a {crop_size}-pixel crop")
+        num_classes = len(class_names)
+        self.class_names = list(class_names)
+        self.batcher = ImageBatcher(1)
+        self.backbone = backbone
+        self.fc = nn.Linear(backbone.out_channels, fc_dim)
+        self.cls_score = nn.Linear(fc_dim, num_classes + 1)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.zeros_(self.cls_score.bias)
+        self.crop_size = int(crop_size)
+        self.context = int(context)
+        self.matcher = Matcher([fg_iou], [0, 1])
+        self.batch_rois = int(batch_rois)
+        self.fg_fraction = float(fg_fraction)
+        self.crops_per_chunk = int(crops_per_chunk)
+        self.nms_thresh = nms_thresh
+        self.detections_per_image = detections_per_image
+        self.bbox_reg = bbox_reg
+        self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))  # the paper's regression targets, unweighted
+        self.proposal_mode = proposal_mode
+        self.proposal_max_side = proposal_max_side
+        self.proposal_seed = proposal_seed
+        self.topk = (topk_train, topk_test)
+        # phases 2 and 3, saved with the model: SVM (C, D) + (C,), regressors (C, D + 1, 4)
+        self.register_buffer("svm_weight", torch.zeros(num_classes, fc_dim))
+        self.register_buffer("svm_bias", torch.zeros(num_classes))
+        self.register_buffer("bbox_weight", torch.zeros(num_classes, fc_dim + 1, 4))
+        self.register_buffer("svm_fitted", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("bbox_fitted", torch.zeros((), dtype=torch.bool))
+        self.last_proposal_seconds = 0.0
+
+    # ------------------------------------------------------------------ crops and features
+
+    def crops(self, batch: torch.Tensor, boxes: List[torch.Tensor]) -> torch.Tensor:
+        """``(R, 3, S, S)`` warped crops of per-image boxes from a normalised, padded batch."""
+        rois = torch.cat(boxes)
+        w = (rois[:, 2] - rois[:, 0]).clamp(min=1.0)
+        h = (rois[:, 3] - rois[:, 1]).clamp(min=1.0)
+        # dilate so that the box spans [context, S - context] of the warped crop
+        grow = self.context / (self.crop_size - 2 * self.context)
+        dilated = torch.stack([rois[:, 0] - w * grow, rois[:, 1] - h * grow,
+                               rois[:, 2] + w * grow, rois[:, 3] + h * grow], dim=1)
+        index = torch.cat([torch.full((len(b), 1), i, dtype=rois.dtype, device=rois.device)
+                           for i, b in enumerate(boxes)])
+        # outside the image roi_align reads zeros: the mean colour after normalisation (the paper
+        # pads with the mean too)
+        return roi_align(batch, torch.cat([index, dilated], dim=1), (self.crop_size, self.crop_size),
+                         spatial_scale=1.0, sampling_ratio=2, aligned=True)
+
+    def features(self, crops: torch.Tensor) -> torch.Tensor:
+        """``(R, D)`` features of crops: backbone, global average pooling, fc + ReLU."""
+        fmap = self.backbone(crops)[-1]
+        return F.relu(self.fc(fmap.mean(dim=(2, 3))))
+
+    def box_features(self, images: List[torch.Tensor], boxes: List[torch.Tensor]) -> torch.Tensor:
+        """Features ``(sum R_i, D)`` of per-image boxes, computed in chunks of ``crops_per_chunk``."""
+        batch, _ = self.batcher(images)
+        out = []
+        flat = [(i, b) for i, bs in enumerate(boxes) for b in bs.split(self.crops_per_chunk)]
+        for i, chunk in flat:
+            out.append(self.features(self.crops(batch[i:i + 1], [chunk])))
+        if not out:
+            return batch.new_zeros((0, self.fc.out_features))
+        return torch.cat(out)
+
+    # ------------------------------------------------------------------ phase 1: fine-tuning
+
+    def forward(self, images: List[torch.Tensor], targets: Optional[List[Dict[str, torch.Tensor]]] = None,
+                proposals: Optional[List[torch.Tensor]] = None):
+        if self.training and targets is None:
+            raise ValueError("RCNN in training mode needs targets (call model.eval() for inference)")
+        if proposals is None and targets is not None and all("proposals" in t for t in targets):
+            proposals = [t["proposals"] for t in targets]
+        self.last_proposal_seconds = 0.0
+        if proposals is None:
+            if self.training:
+                raise ValueError("RCNN training needs proposals: each target's 'proposals' "
+                                 "(set data.train.proposals to a file made by tools/proposals.py)")
+            proposals, self.last_proposal_seconds = search_images(
+                images, self.proposal_mode, self.proposal_seed, self.proposal_max_side)
+        sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
+        proposals = prepare_proposals(proposals, sizes, images[0].device, self.topk[0 if self.training else 1])
+        if self.training:
+            return self.finetune_loss(images, proposals, targets)
+        return self.detect(images, proposals, sizes)
+
+    def finetune_loss(self, images, proposals, targets) -> Dict[str, torch.Tensor]:
+        sampler = BalancedSampler(max(1, self.batch_rois // len(images)), self.fg_fraction)
+        boxes, labels = [], []
+        for props, t in zip(proposals, targets):
+            gt = t["boxes"].to(props)
+            props = torch.cat([props, gt]) if gt.numel() else props
+            if gt.numel():
+                matches, match_labels = self.matcher(box_iou(gt, props))
+                ignore = t.get("ignore")
+                if ignore is not None and ignore.any():
+                    match_labels[ignore.to(props.device)[matches] & (match_labels == 1)] = -1
+            else:
+                matches = torch.zeros(len(props), dtype=torch.int64, device=props.device)
+                match_labels = torch.zeros(len(props), dtype=torch.int8, device=props.device)
+            pos, neg = sampler(match_labels)
+            lab = torch.zeros(len(pos) + len(neg), dtype=torch.int64, device=props.device)
+            if len(pos):
+                lab[:len(pos)] = t["labels"].to(props.device)[matches[pos]]
+            boxes.append(props[torch.cat([pos, neg])])
+            labels.append(lab)
+        batch, _ = self.batcher(images)
+        logits = self.cls_score(self.features(self.crops(batch, boxes)))
+        return {"loss_cls": F.cross_entropy(logits.float(), torch.cat(labels))}
+
+    # ------------------------------------------------------------------ test time
+
+    @torch.no_grad()
+    def detect(self, images, proposals, sizes) -> List[Dict[str, torch.Tensor]]:
+        results = []
+        for image, props, size in zip(images, proposals, sizes):
+            feats = self.box_features([image], [props])
+            scores = self.class_scores(feats)  # (R, C)
+            boxes = props[:, None, :].expand(-1, scores.shape[1], -1)
+            if self.bbox_reg and bool(self.bbox_fitted):
+                boxes = self.regress(feats, props)
+            results.append(self.postprocess(boxes, scores, size))
+        return results
+
+    def class_scores(self, feats: torch.Tensor) -> torch.Tensor:
+        """``(R, C)``: SVM margins squashed to (0, 1) by a sigmoid once fitted (margin 0 -> 0.5),
+        else the fine-tuned softmax's class probabilities."""
+        if bool(self.svm_fitted):
+            return torch.sigmoid(feats @ self.svm_weight.T + self.svm_bias)
+        return F.softmax(self.cls_score(feats).float(), dim=1)[:, 1:]
+
+    def regress(self, feats: torch.Tensor, props: torch.Tensor) -> torch.Tensor:
+        """``(R, C, 4)`` boxes: each class's ridge regressor applied to the proposal."""
+        x = torch.cat([feats, feats.new_ones(len(feats), 1)], dim=1)
+        deltas = torch.einsum("rd,cdk->rck", x, self.bbox_weight)  # (R, C, 4)
+        num_classes = deltas.shape[1]
+        decoded = self.box_coder.decode(deltas.reshape(len(props), -1), props)
+        return decoded.view(len(props), num_classes, 4)
+
+    def postprocess(self, boxes: torch.Tensor, scores: torch.Tensor, size) -> Dict[str, torch.Tensor]:
+        n, num_classes = scores.shape
+        boxes = clip_boxes(boxes.reshape(-1, 4), size).view(n, num_classes, 4)
+        labels = torch.arange(1, num_classes + 1, device=scores.device).expand(n, -1)
+        boxes, scores, labels = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)
+        keep = ((boxes[:, 2] - boxes[:, 0]) > 1e-2) & ((boxes[:, 3] - boxes[:, 1]) > 1e-2) & (scores > 1e-3)
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_image]
+        return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}

@@ -1,0 +1,131 @@
+"""R-CNN: warped crops with context, SVMs with hard negative mining, ridge box regression, the
+resumable feature cache, and a tiny R-CNN trained through all three phases."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from detect.config import load_config
+from detect.data.image_io import read_image
+from detect.data.synthetic import generate_dataset
+from detect.engine.checkpoint import load_model
+from detect.engine.rcnn import extract_features
+from detect.engine.svm import mine_hard_negatives, ridge_regression, train_linear_svm, train_svm_with_hard_negatives
+from detect.engine.trainer import train
+from detect.models import build_model
+from detect.ops import BoxCoder
+from detect.proposals import selective_search
+from detect.proposals.cache import image_keys, write_proposals
+
+
+def test_hard_negative_mining_picks_the_highest_scoring_uncached_negatives():
+    scores = np.array([-2.0, 0.5, -0.5, 3.0, -1.5, 1.0, -0.99])
+    in_cache = np.array([False, False, False, True, False, False, False])
+    assert mine_hard_negatives(scores, in_cache).tolist() == [5, 1, 2, 6]  # > -1, not cached, best first
+    assert mine_hard_negatives(scores, in_cache, limit=2).tolist() == [5, 1]
+
+
+def test_svm_separates_a_linearly_separable_set():
+    rng = np.random.default_rng(0)
+    pos = rng.normal(0, 1, (60, 5)) + [3, 0, 0, 0, 0]
+    neg = rng.normal(0, 1, (300, 5)) - [3, 0, 0, 0, 0]
+    keep_pos, keep_neg = pos[:, 0] > 1, neg[:, 0] < -1  # a gap of 2 along the first axis
+    x = np.concatenate([pos[keep_pos], neg[keep_neg]])
+    y = np.r_[np.ones(keep_pos.sum()), -np.ones(keep_neg.sum())]
+    w, b = train_linear_svm(x, y, c=10.0)
+    margins = y * (x @ w + b)
+    assert margins.min() >= 1 - 1e-2  # separable and C large: every point outside the margin
+    # a gap of 2 along the first axis admits a margin of width >= 2, so the max-margin |w| <= 1
+    assert np.linalg.norm(w) <= 1.0 + 1e-2
+
+    # with mining: start from 10 random negatives, the mined SVM still separates all of them
+    out = train_svm_with_hard_negatives(pos[keep_pos], neg[keep_neg], c=10.0, initial_negatives=10, passes=5)
+    assert np.all(neg[keep_neg] @ out["weight"] + out["bias"] < 0)
+    assert out["passes"][0]["cache"] == 10
+
+
+def test_ridge_targets_round_trip_through_the_box_coder():
+    rng = np.random.default_rng(1)
+    coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
+    proposals = torch.tensor(rng.uniform(0, 50, (200, 2)), dtype=torch.float32)
+    proposals = torch.cat([proposals, proposals + torch.tensor(rng.uniform(10, 60, (200, 2)), dtype=torch.float32)], 1)
+    feats = rng.normal(0, 1, (200, 6)).astype(np.float32)
+    true_w = rng.normal(0, 0.1, (7, 4)).astype(np.float32)
+    deltas = np.concatenate([feats, np.ones((200, 1), np.float32)], 1) @ true_w
+    gt = coder.decode(torch.from_numpy(deltas), proposals)
+    targets = coder.encode(proposals, gt).numpy()
+    np.testing.assert_allclose(targets, deltas, atol=1e-4)
+    w = ridge_regression(feats, targets, lam=1e-6)
+    back = coder.decode(torch.from_numpy(np.concatenate([feats, np.ones((200, 1), np.float32)], 1) @ w), proposals)
+    torch.testing.assert_close(back, gt, atol=1e-2, rtol=1e-3)
+    shrunk = ridge_regression(feats, targets, lam=1e6)  # the paper's lambda pulls weights to 0
+    assert np.abs(shrunk).max() < 0.1 * np.abs(w).max()
+
+
+def test_crops_warp_the_box_inside_its_context_border():
+    cfg = load_config("configs/rcnn/shapes.yaml", ["data.classes=[a]", "model.rcnn.crop_size=30",
+                                                     "model.rcnn.context=5"])
+    model = build_model(cfg)
+    batch = torch.zeros(1, 3, 64, 64)
+    batch[:, :, 20:40, 10:50] = 1.0  # a 40x20 white box
+    crop = model.crops(batch, [torch.tensor([[10.0, 20.0, 50.0, 40.0]])])[0, 0]
+    assert crop.shape == (30, 30)
+    # anisotropic warp: the box fills [5, 25) on both axes; the context border is black
+    assert crop[6:24, 6:24].min() > 0.99
+    assert crop[:4].max() < 0.01 and crop[26:].max() < 0.01 and crop[:, :4].max() < 0.01
+
+
+@pytest.fixture(scope="module")
+def shapes_rcnn(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rcnn")
+    data = generate_dataset(out, num_train=4, num_test=1, seed=3, long_side=128, max_objects=3)
+    ann = json.loads((data / "train.json").read_text())
+    paths = [data / "images" / img["file_name"] for img in ann["images"]]
+    boxes = [selective_search(read_image(p), mode="fast") for p in paths]
+    write_proposals(data / "props.npz", image_keys(paths), [img["id"] for img in ann["images"]], boxes, {})
+    return data
+
+
+def rcnn_config(data, *extra):
+    train_json = f"{data}/train.json"
+    return load_config("configs/rcnn/shapes.yaml", [
+        f"data.train.ann_file={train_json}", f"data.train.img_dir={data}/images",
+        f"data.test.ann_file={train_json}", f"data.test.img_dir={data}/images",
+        f"data.train.proposals={data}/props.npz", f"data.test.proposals={data}/props.npz",
+        "input.min_size=128", "input.min_size_test=128", "input.max_size=256", "input.flip_prob=0.0",
+        "model.rcnn.crop_size=48", "model.rcnn.context=4", "model.rcnn.fc_dim=128", "model.rcnn.svm_proposals=300",
+        "model.proposals.topk_test=500", "train.batch_size=2", "train.warmup_iters=20", "train.log_period=10",
+        "train.checkpoint_period=0", "data.num_workers=0", "device=cpu", *extra])
+
+
+def test_feature_cache_resume_gives_identical_features(shapes_rcnn, tmp_path):
+    cfg = rcnn_config(shapes_rcnn, "data.classes=[rectangle,ellipse,triangle]", "model.rcnn.feature_dtype=float32")
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    full = extract_features(model, cfg, tmp_path / "full", torch.device("cpu"), progress=False)
+    part = extract_features(model, cfg, tmp_path / "part", torch.device("cpu"), progress=False, limit=2)
+    assert len(part.index["done"]) == 2
+    resumed = extract_features(model, cfg, tmp_path / "part", torch.device("cpu"), progress=False)
+    assert len(resumed.index["done"]) == 4
+    np.testing.assert_array_equal(np.asarray(resumed.features), np.asarray(full.features))
+    np.testing.assert_array_equal(np.asarray(resumed.arrays["class_iou"]), np.asarray(full.arrays["class_iou"]))
+    # gt rows carry their labels; proposals have label 0
+    rows = full.rows()
+    assert set(np.unique(np.asarray(full.arrays["gt_label"])[rows])) <= {0, 1, 2, 3}
+    # other weights: the cache is rebuilt, not reused
+    with torch.no_grad():
+        model.fc.weight.add_(0.1)
+    rebuilt = extract_features(model, cfg, tmp_path / "part", torch.device("cpu"), progress=False, limit=1)
+    assert len(rebuilt.index["done"]) == 1
+
+
+def test_tiny_rcnn_learns_shapes_and_box_regression_is_used(shapes_rcnn, tmp_path):
+    cfg = rcnn_config(shapes_rcnn, "train.max_iter=250", "train.lr=0.02", "train.steps=[0.8]")
+    metrics = train(cfg, tmp_path, progress=False)
+    assert metrics["coco"]["AP50"] >= 0.7, metrics["coco"]
+    fit = json.loads((tmp_path / "rcnn_fit.json").read_text())
+    assert set(fit["classes"]) == {"rectangle", "ellipse", "triangle"}
+    model, mcfg = load_model(tmp_path / "model_final.pth")
+    assert bool(model.svm_fitted) and bool(model.bbox_fitted)
+    assert (tmp_path / "rcnn_features" / "index.json").is_file()
