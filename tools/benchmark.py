@@ -3,6 +3,7 @@
 
   python tools/benchmark.py frcnn --config configs/faster_rcnn/bccd.yaml [--train-minutes 15] [--json out.json] [key=value ...]
   python tools/benchmark.py proposals --config configs/datasets/bccd.yaml --opencv-python /path/to/contrib/venv/bin/python
+  python tools/benchmark.py stages --data configs/datasets/bccd.yaml --budget 15 --output-dir runs/stages_bccd
   python tools/benchmark.py infer --checkpoint runs/frcnn_bccd/model_final.pth --input datasets/BCCD/JPEGImages --limit 72
 """
 from __future__ import annotations
@@ -59,6 +60,24 @@ def cmd_proposals(args) -> int:
     return 0
 
 
+def cmd_stages(args) -> int:
+    from detect.benchmark.stages import format_table, run_stages
+
+    checkpoints = {}
+    for item in args.checkpoint or []:
+        stage, _, path = item.partition("=")
+        if stage not in ("rcnn", "fast_rcnn", "faster_rcnn") or not path:
+            raise ValueError(f"--checkpoint {item!r}: expected rcnn=PATH, fast_rcnn=PATH or faster_rcnn=PATH")
+        checkpoints[stage] = path
+    result = run_stages(args.data, args.budget, args.output_dir, checkpoints, args.overrides,
+                        max_test_images=args.max_test_images or None, grid_images=args.grid_images)
+    print(format_table(result))
+    print(f"wrote {Path(args.output_dir) / 'stages.md'}, stages.json and the pictures")
+    if args.json:
+        Path(args.json).write_text((Path(args.output_dir) / "stages.json").read_text())
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +100,16 @@ def main(argv=None) -> int:
     p.add_argument("--json")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_proposals)
+    p = sub.add_parser("stages", help="R-CNN, Fast R-CNN and Faster R-CNN trained and tested side by side")
+    p.add_argument("--data", required=True, help="dataset config; configs/<stage>/<its name>.yaml are used")
+    p.add_argument("--budget", type=float, required=True, help="training minutes per stage")
+    p.add_argument("--output-dir", default="runs/stages")
+    p.add_argument("--checkpoint", action="append", help="STAGE=PATH: test this checkpoint instead of training")
+    p.add_argument("--max-test-images", type=int, default=0, help="test on the first N images only (0: all)")
+    p.add_argument("--grid-images", type=int, default=4)
+    p.add_argument("--json")
+    p.add_argument("overrides", nargs="*", help="key=value for every stage's config")
+    p.set_defaults(func=cmd_stages)
     p = sub.add_parser("infer", help="tools/infer.py throughput against the model's forward-only throughput")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--input", required=True, help="image folder (e.g. BCCD's JPEGImages)")

@@ -170,15 +170,18 @@ class RCNN(nn.Module):
 
     @torch.no_grad()
     def detect(self, images, proposals, sizes) -> List[Dict[str, torch.Tensor]]:
-        results = []
-        for image, props, size in zip(images, proposals, sizes):
-            feats = self.box_features([image], [props])
-            scores = self.class_scores(feats)  # (R, C)
-            boxes = props[:, None, :].expand(-1, scores.shape[1], -1)
-            if self.bbox_reg and bool(self.bbox_fitted):
-                boxes = self.regress(feats, props)
-            results.append(self.postprocess(boxes, scores, size))
-        return results
+        return [self.postprocess(*self.score_and_regress(image, props), size)
+                for image, props, size in zip(images, proposals, sizes)]
+
+    @torch.no_grad()
+    def score_and_regress(self, image: torch.Tensor, props: torch.Tensor):
+        """The network part of testing one image: ``(boxes (R, C, 4), scores (R, C))`` per class."""
+        feats = self.box_features([image], [props])
+        scores = self.class_scores(feats)
+        boxes = props[:, None, :].expand(-1, scores.shape[1], -1)
+        if self.bbox_reg and bool(self.bbox_fitted):
+            boxes = self.regress(feats, props)
+        return boxes, scores
 
     def class_scores(self, feats: torch.Tensor) -> torch.Tensor:
         """``(R, C)``: SVM margins squashed to (0, 1) by a sigmoid once fitted (margin 0 -> 0.5),

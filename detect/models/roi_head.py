@@ -132,9 +132,9 @@ class RoIHead(nn.Module):
                 ignore = t.get("ignore")
                 if ignore is not None and ignore.any():
                     match_labels[ignore.to(props.device)[matches] & (match_labels == 1)] = -1
-            else:
+            else:  # no objects: every proposal is background (even below Fast R-CNN's 0.1 IoU floor)
                 matches = props.new_zeros(props.shape[0], dtype=torch.int64)
-                match_labels = self.matcher(props.new_zeros(0, props.shape[0]))[1]
+                match_labels = torch.zeros(props.shape[0], dtype=torch.int8, device=props.device)
             pos, neg = self.sampler(match_labels)
             keep = torch.cat([pos, neg])
             roi_labels = torch.zeros(keep.numel(), dtype=torch.int64, device=props.device)
@@ -155,7 +155,7 @@ class RoIHead(nn.Module):
         class_logits = class_logits.float()
         loss_cls = F.cross_entropy(class_logits, labels) if labels.numel() else class_logits.sum() * 0
         fg = torch.nonzero(labels > 0).flatten()
-        deltas = box_deltas.float().view(box_deltas.shape[0], -1, 4)[fg, labels[fg]]
+        deltas = box_deltas.float().reshape(box_deltas.shape[0], class_logits.shape[1], 4)[fg, labels[fg]]
         loss_box = F.smooth_l1_loss(deltas, box_targets[fg], beta=self.smooth_l1_beta, reduction="sum")
         return {"loss_cls": loss_cls, "loss_box": loss_box / max(labels.numel(), 1)}
 

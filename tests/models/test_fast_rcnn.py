@@ -218,3 +218,17 @@ def _pyramid_logits(model, image, props):
     finally:
         model.roi_head.classify = original
     return captured["logits"]
+
+
+def test_image_without_objects_gives_background_rois_and_finite_loss(shapes_with_proposals):
+    cfg = fast_config(shapes_with_proposals, "data.classes=[rectangle,ellipse,triangle]")
+    model = build_model(cfg).train()
+    image = torch.rand(3, 64, 80)
+    props = torch.tensor([[0, 0, 30, 30], [10, 10, 60, 50], [40, 20, 80, 64]], dtype=torch.float32)
+    target = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "proposals": props}
+    rois, labels, _ = model.roi_head.sample_rois([props], [target])
+    assert len(rois[0]) == 3 and labels.tolist() == [0, 0, 0]  # all background despite IoU 0 < 0.1
+    losses = model([image], [target])
+    assert losses["loss_box"].item() == 0.0 and torch.isfinite(losses["loss_cls"])
+    losses["loss_cls"].backward()
+    assert model.roi_head.predictor.cls_score.weight.grad.abs().sum() > 0
