@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -38,3 +38,28 @@ def prepare_proposals(proposals: Sequence[torch.Tensor], sizes: Sequence[Tuple[i
             props = torch.tensor([[0.0, 0.0, float(w), float(h)]], device=device)
         out.append(props)
     return out
+
+
+def forward_proposals(model, images: List[torch.Tensor], targets: Optional[List[Dict[str, torch.Tensor]]],
+                      proposals: Optional[List[torch.Tensor]]) -> Tuple[List[torch.Tensor], List[Tuple[int, int]]]:
+    """The proposals one forward of a Fast R-CNN or R-CNN ``model`` uses, and the image sizes.
+
+    Given ``proposals`` first, else the targets' (the training data path attaches them), else, at
+    inference only, selective search with the model's settings (its time lands in
+    ``model.last_proposal_seconds``). Cleaned by :func:`prepare_proposals` with the model's top-k.
+    """
+    name = type(model).__name__
+    if model.training and targets is None:
+        raise ValueError(f"{name} in training mode needs targets (call model.eval() for inference)")
+    if proposals is None and targets is not None and all("proposals" in t for t in targets):
+        proposals = [t["proposals"] for t in targets]
+    model.last_proposal_seconds = 0.0
+    if proposals is None:
+        if model.training:
+            raise ValueError(f"{name} training needs proposals: each target's 'proposals' "
+                             "(set data.train.proposals to a file made by tools/proposals.py)")
+        proposals, model.last_proposal_seconds = search_images(
+            images, model.proposal_mode, model.proposal_seed, model.proposal_max_side)
+    sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
+    topk = model.topk[0 if model.training else 1]
+    return prepare_proposals(proposals, sizes, images[0].device, topk), sizes

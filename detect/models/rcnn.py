@@ -26,7 +26,7 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from detect.models.backbones import Backbone
-from detect.models.external_proposals import prepare_proposals, search_images
+from detect.models.external_proposals import forward_proposals
 from detect.models.faster_rcnn import ImageBatcher
 from detect.ops import BalancedSampler, BoxCoder, Matcher, batched_nms, box_iou, clip_boxes
 
@@ -125,19 +125,7 @@ class RCNN(nn.Module):
 
     def forward(self, images: List[torch.Tensor], targets: Optional[List[Dict[str, torch.Tensor]]] = None,
                 proposals: Optional[List[torch.Tensor]] = None):
-        if self.training and targets is None:
-            raise ValueError("RCNN in training mode needs targets (call model.eval() for inference)")
-        if proposals is None and targets is not None and all("proposals" in t for t in targets):
-            proposals = [t["proposals"] for t in targets]
-        self.last_proposal_seconds = 0.0
-        if proposals is None:
-            if self.training:
-                raise ValueError("RCNN training needs proposals: each target's 'proposals' "
-                                 "(set data.train.proposals to a file made by tools/proposals.py)")
-            proposals, self.last_proposal_seconds = search_images(
-                images, self.proposal_mode, self.proposal_seed, self.proposal_max_side)
-        sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
-        proposals = prepare_proposals(proposals, sizes, images[0].device, self.topk[0 if self.training else 1])
+        proposals, sizes = forward_proposals(self, images, targets, proposals)
         if self.training:
             return self.finetune_loss(images, proposals, targets)
         return self.detect(images, proposals, sizes)
