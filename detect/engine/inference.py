@@ -43,7 +43,7 @@ def predict_dataset(model: torch.nn.Module, dataset, device: torch.device, batch
     for images, targets in tqdm(loader, desc="inference", disable=not progress, leave=False):
         images = [im.to(device, non_blocking=True) for im in images]
         t0 = time.perf_counter()
-        if all("proposals" in t for t in targets):  # Fast R-CNN with a proposals file
+        if all("proposals" in t for t in targets):  # Fast R-CNN / R-CNN with a proposals file
             outputs = model(images, proposals=[t["proposals"] for t in targets])
         else:
             outputs = model(images)
