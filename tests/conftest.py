@@ -54,3 +54,21 @@ def coco_dir(tmp_path) -> Path:
     }
     (tmp_path / "ann.json").write_text(json.dumps(data))
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def shapes_with_proposals(tmp_path_factory) -> Path:
+    """Four 128-px synthetic training images with fast-mode selective-search proposals in
+    ``props.npz`` (for Fast R-CNN and R-CNN tests)."""
+    from detect.data.image_io import read_image
+    from detect.data.synthetic import generate_dataset
+    from detect.proposals import selective_search
+    from detect.proposals.cache import image_keys, write_proposals
+
+    data = generate_dataset(tmp_path_factory.mktemp("with_props"), num_train=4, num_test=1, seed=3, long_side=128,
+                            max_objects=3)
+    ann = json.loads((data / "train.json").read_text())
+    paths = [data / "images" / img["file_name"] for img in ann["images"]]
+    boxes = [selective_search(read_image(p), mode="fast") for p in paths]
+    write_proposals(data / "props.npz", image_keys(paths), [img["id"] for img in ann["images"]], boxes, {})
+    return data

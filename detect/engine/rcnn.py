@@ -55,7 +55,7 @@ class FeatureCache:
     and the images done; it is rewritten atomically after every image.
     """
 
-    ARRAYS = {"boxes": (4, np.float32), "gt_label": (0, np.int64), "class_iou": (-1, np.float16),
+    ARRAYS = {"boxes": (4, np.float32), "gt_label": (0, np.int64), "class_iou": (-1, np.float32),
               "best_box": (4, np.float32), "best_label": (0, np.int64), "best_iou": (0, np.float32)}
 
     def __init__(self, folder: Path, capacity: np.ndarray, dim: int, num_classes: int, dtype: str,
@@ -173,7 +173,7 @@ def fit_svms_and_regressors(model, cfg, output_dir, device: torch.device, progre
     for c in range(1, num_classes + 1):
         name = cfg.data.classes[c - 1]
         pos = feats[a["gt_label"] == c]
-        neg = feats[is_proposal & (a["class_iou"][:, c - 1].astype(np.float32) < NEGATIVE_IOU)]
+        neg = feats[is_proposal & (a["class_iou"][:, c - 1] < NEGATIVE_IOU)]
         svm = train_svm_with_hard_negatives(pos, neg, c=r.svm_C, positive_weight=r.svm_positive_weight,
                                             passes=r.svm_passes, seed=cfg.train.seed)
         weight[c - 1], bias[c - 1] = svm["weight"], svm["bias"]

@@ -82,11 +82,10 @@ class FastRCNN(nn.Module):
                                     recompute_scale_factor=False)[0] for im in images]
             batch, _ = self.batcher(scaled)
             features = self.backbone(batch)
-            per_image = [rois[chosen[owner[chosen] == i]] * scale for i in range(len(images))]
-            part = self.roi_head.pool(features, per_image)
+            groups = [chosen[owner[chosen] == i] for i in range(len(images))]  # this scale's RoIs per image
+            part = self.roi_head.pool(features, [rois[g] * scale for g in groups])
             if pooled is None:
                 pooled = part.new_zeros((len(rois),) + tuple(part.shape[1:]))
-            order = torch.cat([chosen[owner[chosen] == i] for i in range(len(images))])
-            pooled[order] = part
+            pooled[torch.cat(groups)] = part
         class_logits, box_deltas = self.roi_head.classify(pooled)
         return self.roi_head.postprocess(class_logits, box_deltas, proposals, sizes)

@@ -28,7 +28,10 @@ from torchvision.ops import roi_align
 from detect.models.backbones import Backbone
 from detect.models.external_proposals import forward_proposals
 from detect.models.faster_rcnn import ImageBatcher
-from detect.ops import BalancedSampler, BoxCoder, Matcher, batched_nms, box_iou, clip_boxes
+from detect.models.roi_head import sample_proposals, select_detections
+from detect.ops import BalancedSampler, BoxCoder, Matcher
+
+SCORE_FLOOR = 1e-3  # sigmoid of the SVM margin: keep nearly everything, NMS and top-k decide
 
 
 class RCNN(nn.Module):
@@ -134,21 +137,8 @@ class RCNN(nn.Module):
         sampler = BalancedSampler(max(1, self.batch_rois // len(images)), self.fg_fraction)
         boxes, labels = [], []
         for props, t in zip(proposals, targets):
-            gt = t["boxes"].to(props)
-            props = torch.cat([props, gt]) if gt.numel() else props
-            if gt.numel():
-                matches, match_labels = self.matcher(box_iou(gt, props))
-                ignore = t.get("ignore")
-                if ignore is not None and ignore.any():
-                    match_labels[ignore.to(props.device)[matches] & (match_labels == 1)] = -1
-            else:
-                matches = torch.zeros(len(props), dtype=torch.int64, device=props.device)
-                match_labels = torch.zeros(len(props), dtype=torch.int8, device=props.device)
-            pos, neg = sampler(match_labels)
-            lab = torch.zeros(len(pos) + len(neg), dtype=torch.int64, device=props.device)
-            if len(pos):
-                lab[:len(pos)] = t["labels"].to(props.device)[matches[pos]]
-            boxes.append(props[torch.cat([pos, neg])])
+            sampled, lab, _ = sample_proposals(props, t, self.matcher, sampler)
+            boxes.append(sampled)
             labels.append(lab)
         batch, _ = self.batcher(images)
         logits = self.cls_score(self.features(self.crops(batch, boxes)))
@@ -187,11 +177,4 @@ class RCNN(nn.Module):
         return decoded.view(len(props), num_classes, 4)
 
     def postprocess(self, boxes: torch.Tensor, scores: torch.Tensor, size) -> Dict[str, torch.Tensor]:
-        n, num_classes = scores.shape
-        boxes = clip_boxes(boxes.reshape(-1, 4), size).view(n, num_classes, 4)
-        labels = torch.arange(1, num_classes + 1, device=scores.device).expand(n, -1)
-        boxes, scores, labels = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)
-        keep = ((boxes[:, 2] - boxes[:, 0]) > 1e-2) & ((boxes[:, 3] - boxes[:, 1]) > 1e-2) & (scores > 1e-3)
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_image]
-        return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+        return select_detections(boxes, scores, size, SCORE_FLOOR, self.nms_thresh, self.detections_per_image)

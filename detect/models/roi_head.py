@@ -20,6 +20,53 @@ from detect.ops import BalancedSampler, BoxCoder, Matcher, RoIPooler, batched_nm
 ImageSize = Tuple[int, int]
 
 
+@torch.no_grad()
+def sample_proposals(proposals: torch.Tensor, target: Dict[str, torch.Tensor], matcher: Matcher,
+                     sampler: BalancedSampler, add_gt: bool = True):
+    """One image's training RoIs: label the proposals by IoU with the ground truth and sample them.
+
+    ``proposals (P, 4)``; ``target`` with ``boxes``, ``labels`` and optionally ``ignore`` (crowd /
+    difficult: their matches are neither foreground nor background). The ground-truth boxes join the
+    proposals when ``add_gt``. An image without objects has only background. Returns the sampled
+    boxes ``(S, 4)`` (foreground first), their labels ``(S,)`` (0 = background) and the ground-truth
+    box each is matched to ``(S, 4)`` (meaningful for the foreground).
+    """
+    gt_boxes = target["boxes"].to(proposals.device, proposals.dtype)
+    if add_gt and gt_boxes.numel():
+        proposals = torch.cat([proposals, gt_boxes])
+    if gt_boxes.numel():
+        matches, match_labels = matcher(box_iou(gt_boxes, proposals))
+        ignore = target.get("ignore")
+        if ignore is not None and ignore.any():
+            match_labels[ignore.to(proposals.device)[matches] & (match_labels == 1)] = -1
+    else:  # no objects: every proposal is background (even below Fast R-CNN's 0.1 IoU floor)
+        matches = torch.zeros(proposals.shape[0], dtype=torch.int64, device=proposals.device)
+        match_labels = torch.zeros(proposals.shape[0], dtype=torch.int8, device=proposals.device)
+    pos, neg = sampler(match_labels)
+    keep = torch.cat([pos, neg])
+    labels = torch.zeros(keep.numel(), dtype=torch.int64, device=proposals.device)
+    matched = proposals.new_zeros(keep.numel(), 4)
+    if pos.numel():
+        labels[: pos.numel()] = target["labels"].to(proposals.device)[matches[pos]]
+        matched[: pos.numel()] = gt_boxes[matches[pos]]
+    return proposals[keep], labels, matched
+
+
+def select_detections(boxes: torch.Tensor, scores: torch.Tensor, size: ImageSize, score_thresh: float,
+                      nms_thresh: float, detections_per_image: int) -> Dict[str, torch.Tensor]:
+    """One image's detections from per-class boxes ``(R, C, 4)`` and scores ``(R, C)``: clip, drop
+    low scores and empty boxes, per-class NMS, keep the best ``detections_per_image``."""
+    n, num_classes = scores.shape
+    boxes = clip_boxes(boxes.reshape(-1, 4), size).view(n, num_classes, 4)
+    labels = torch.arange(1, num_classes + 1, device=scores.device).expand(n, -1)
+    keep = scores > score_thresh
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    nonempty = ((boxes[:, 2] - boxes[:, 0]) > 1e-2) & ((boxes[:, 3] - boxes[:, 1]) > 1e-2)
+    boxes, scores, labels = boxes[nonempty], scores[nonempty], labels[nonempty]
+    keep = batched_nms(boxes, scores, labels, nms_thresh)[:detections_per_image]
+    return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+
+
 class TwoFCHead(nn.Module):
     """Flatten the pooled grid, then two fully connected layers with ReLU (VGG16's fc6 / fc7)."""
 
@@ -123,26 +170,13 @@ class RoIHead(nn.Module):
         """
         rois, labels, box_targets = [], [], []
         for props, t in zip(proposals, targets):
-            gt_boxes = t["boxes"].to(props.device, props.dtype)
-            gt_labels = t["labels"].to(props.device)
-            if self.add_gt_as_proposals and gt_boxes.numel():
-                props = torch.cat([props, gt_boxes])
-            if gt_boxes.numel():
-                matches, match_labels = self.matcher(box_iou(gt_boxes, props))
-                ignore = t.get("ignore")
-                if ignore is not None and ignore.any():
-                    match_labels[ignore.to(props.device)[matches] & (match_labels == 1)] = -1
-            else:  # no objects: every proposal is background (even below Fast R-CNN's 0.1 IoU floor)
-                matches = props.new_zeros(props.shape[0], dtype=torch.int64)
-                match_labels = torch.zeros(props.shape[0], dtype=torch.int8, device=props.device)
-            pos, neg = self.sampler(match_labels)
-            keep = torch.cat([pos, neg])
-            roi_labels = torch.zeros(keep.numel(), dtype=torch.int64, device=props.device)
-            targets_i = props.new_zeros(keep.numel(), 4)
-            if pos.numel():
-                roi_labels[: pos.numel()] = gt_labels[matches[pos]]
-                targets_i[: pos.numel()] = self.box_coder.encode(props[pos], gt_boxes[matches[pos]])
-            rois.append(props[keep])
+            sampled, roi_labels, matched = sample_proposals(props, t, self.matcher, self.sampler,
+                                                            self.add_gt_as_proposals)
+            targets_i = sampled.new_zeros(len(sampled), 4)
+            fg = roi_labels > 0
+            if fg.any():
+                targets_i[fg] = self.box_coder.encode(sampled[fg], matched[fg])
+            rois.append(sampled)
             labels.append(roi_labels)
             box_targets.append(targets_i)
         return rois, torch.cat(labels), torch.cat(box_targets)
@@ -162,21 +196,14 @@ class RoIHead(nn.Module):
     @torch.no_grad()
     def postprocess(self, class_logits: torch.Tensor, box_deltas: torch.Tensor, proposals: List[torch.Tensor],
                     image_sizes: Sequence[ImageSize]) -> List[Dict[str, torch.Tensor]]:
-        num_classes = class_logits.shape[1] - 1
         scores_all = F.softmax(class_logits.float(), dim=1)
         boxes_all = self.box_coder.decode(box_deltas.float(), torch.cat(proposals))
         results = []
         start = 0
         for props, size in zip(proposals, image_sizes):
             n = props.shape[0]
-            scores = scores_all[start:start + n, 1:]
-            boxes = clip_boxes(boxes_all[start:start + n].view(n, -1, 4)[:, 1:], size)
+            boxes = boxes_all[start:start + n].view(n, -1, 4)[:, 1:]
+            results.append(select_detections(boxes, scores_all[start:start + n, 1:], size, self.score_thresh,
+                                             self.nms_thresh, self.detections_per_image))
             start += n
-            labels = torch.arange(1, num_classes + 1, device=scores.device).expand(n, -1)
-            keep = scores > self.score_thresh
-            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            nonempty = ((boxes[:, 2] - boxes[:, 0]) > 1e-2) & ((boxes[:, 3] - boxes[:, 1]) > 1e-2)
-            boxes, scores, labels = boxes[nonempty], scores[nonempty], labels[nonempty]
-            keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_image]
-            results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
         return results

@@ -304,19 +304,26 @@ def _search_one(job) -> Tuple[int, Optional[np.ndarray], str]:
     return index, selective_search(image, mode=mode, seed=seed, max_side=max_side), ""
 
 
+def record_rows(proposals: ProposalFile, records: Sequence, fix: str = "") -> List[int]:
+    """The file's row of each record (by key, else id); a record not in the file is an error naming
+    the image, the file and, with ``fix``, how to compute it."""
+    keys = image_keys([r.path for r in records])
+    rows = []
+    for record, key in zip(records, keys):
+        row = proposals.index_of(key, record.image_id)
+        if row is None:
+            hint = f". Compute them with: {fix}" if fix else ""
+            raise ProposalError(f"{record.path}: no proposals for this image in {proposals.path} "
+                                f"(made for another split, or interrupted?){hint}")
+        rows.append(row)
+    return rows
+
+
 def proposals_for_records(proposals: ProposalFile, records: Iterable, command_hint: str = ""
                           ) -> List[np.ndarray]:
     """Each record's boxes; a record missing from the file is an error naming it and the fix."""
-    records = list(records)
-    keys_by_path = dict(zip([r.path for r in records], image_keys([r.path for r in records])))
-    out = []
-    for r in records:
-        found = proposals.get(keys_by_path[r.path], r.image_id)
-        if found is None:
-            hint = f"; compute them with: {command_hint}" if command_hint else ""
-            raise ProposalError(f"{r.path}: no proposals for this image in {proposals.path}{hint}")
-        out.append(found[0])
-    return out
+    offsets, boxes = proposals.offsets, proposals.boxes
+    return [boxes[offsets[i]:offsets[i + 1]] for i in record_rows(proposals, list(records), command_hint)]
 
 
 def compute_command(which: str) -> str:
@@ -341,15 +348,7 @@ def attach_proposals(dataset, cfg, which: str, topk: int, required: bool) -> boo
         raise ProposalError(f"data.{which}.proposals: {path}: proposals file not found. "
                             f"Compute it with: {compute_command(which)}")
     proposals = load_proposals(path)
-    records = list(dataset.records)
-    keys = image_keys([r.path for r in records])
-    index = []
-    for record, key in zip(records, keys):
-        found = proposals.index_of(key, record.image_id)
-        if found is None:
-            raise ProposalError(f"{record.path}: no proposals for this image in {path} (made for another split "
-                                f"or interrupted?). Compute them with: {compute_command(which)}")
-        index.append(found)
+    index = record_rows(proposals, list(dataset.records), compute_command(which))
     offsets, boxes = proposals.offsets, proposals.boxes
 
     def lookup(i: int) -> np.ndarray:

@@ -10,9 +10,7 @@ import pytest
 import torch
 
 from detect.config import load_config
-from detect.data.build import build_dataset
 from detect.data.image_io import read_image
-from detect.data.synthetic import generate_dataset
 from detect.data.transforms import DetectionTransform
 from detect.engine.checkpoint import load_model
 from detect.engine.trainer import train
@@ -21,22 +19,9 @@ from detect.models.fast_rcnn import FastRCNN
 from detect.models.roi_head import TwoFCHead
 from detect.models.svd import compress_box_head, truncate
 from detect.ops import box_iou
-from detect.proposals import selective_search
 from detect.proposals.cache import ProposalError, image_keys, write_proposals
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def shapes_with_proposals(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fast")
-    data = generate_dataset(out, num_train=4, num_test=1, seed=3, long_side=128, max_objects=3)
-    ann = json.loads((data / "train.json").read_text())
-    paths = [data / "images" / img["file_name"] for img in ann["images"]]
-    boxes = [selective_search(read_image(p), mode="fast") for p in paths]
-    write_proposals(data / "train_props.npz", image_keys(paths), [img["id"] for img in ann["images"]], boxes,
-                    {"settings": "test"})
-    return data
 
 
 def fast_config(data, *extra):
@@ -44,7 +29,7 @@ def fast_config(data, *extra):
     return load_config("configs/fast_rcnn/shapes.yaml", [
         f"data.train.ann_file={train_json}", f"data.train.img_dir={data}/images",
         f"data.test.ann_file={train_json}", f"data.test.img_dir={data}/images",
-        f"data.train.proposals={data}/train_props.npz", f"data.test.proposals={data}/train_props.npz",
+        f"data.train.proposals={data}/props.npz", f"data.test.proposals={data}/props.npz",
         "input.min_size=192", "input.min_size_test=192", "input.max_size=256", "input.flip_prob=0.0",
         "model.roi_head.fc_dim=128", "train.batch_size=2", "train.warmup_iters=20", "train.log_period=10",
         "train.checkpoint_period=0", "data.num_workers=0", "device=cpu", *extra])
@@ -140,8 +125,7 @@ def test_tiny_fast_rcnn_overfits_and_round_trips_through_infer(shapes_with_propo
     dets = json.loads((tmp_path / "out" / "detections.json").read_text())
     gt_by_name = {Path(img["file_name"]).name: img["id"] for img in ann["images"]}
     listed = json.loads((tmp_path / "out" / "images.json").read_text())
-    id_to_name = {i["id"]: Path(i["file_name"]).name for i in listed["images"]} if isinstance(listed, dict) \
-        else {i["id"]: Path(i["file_name"]).name for i in listed}
+    id_to_name = {i["id"]: Path(i["file_name"]).name for i in listed["images"]}
     # each ground-truth object of the two images is found with IoU >= 0.5 by a confident detection
     for name, image_id in gt_by_name.items():
         if name not in {p.name for p in images.iterdir()}:

@@ -3,20 +3,15 @@ resumable feature cache, and a tiny R-CNN trained through all three phases."""
 import json
 
 import numpy as np
-import pytest
 import torch
 
 from detect.config import load_config
-from detect.data.image_io import read_image
-from detect.data.synthetic import generate_dataset
 from detect.engine.checkpoint import load_model
 from detect.engine.rcnn import extract_features
 from detect.engine.svm import mine_hard_negatives, ridge_regression, train_linear_svm, train_svm_with_hard_negatives
 from detect.engine.trainer import train
 from detect.models import build_model
 from detect.ops import BoxCoder
-from detect.proposals import selective_search
-from detect.proposals.cache import image_keys, write_proposals
 
 
 def test_hard_negative_mining_picks_the_highest_scoring_uncached_negatives():
@@ -76,17 +71,6 @@ def test_crops_warp_the_box_inside_its_context_border():
     assert crop[:4].max() < 0.01 and crop[26:].max() < 0.01 and crop[:, :4].max() < 0.01
 
 
-@pytest.fixture(scope="module")
-def shapes_rcnn(tmp_path_factory):
-    out = tmp_path_factory.mktemp("rcnn")
-    data = generate_dataset(out, num_train=4, num_test=1, seed=3, long_side=128, max_objects=3)
-    ann = json.loads((data / "train.json").read_text())
-    paths = [data / "images" / img["file_name"] for img in ann["images"]]
-    boxes = [selective_search(read_image(p), mode="fast") for p in paths]
-    write_proposals(data / "props.npz", image_keys(paths), [img["id"] for img in ann["images"]], boxes, {})
-    return data
-
-
 def rcnn_config(data, *extra):
     train_json = f"{data}/train.json"
     return load_config("configs/rcnn/shapes.yaml", [
@@ -99,8 +83,8 @@ def rcnn_config(data, *extra):
         "train.checkpoint_period=0", "data.num_workers=0", "device=cpu", *extra])
 
 
-def test_feature_cache_resume_gives_identical_features(shapes_rcnn, tmp_path):
-    cfg = rcnn_config(shapes_rcnn, "data.classes=[rectangle,ellipse,triangle]", "model.rcnn.feature_dtype=float32")
+def test_feature_cache_resume_gives_identical_features(shapes_with_proposals, tmp_path):
+    cfg = rcnn_config(shapes_with_proposals, "data.classes=[rectangle,ellipse,triangle]", "model.rcnn.feature_dtype=float32")
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     full = extract_features(model, cfg, tmp_path / "full", torch.device("cpu"), progress=False)
@@ -120,8 +104,8 @@ def test_feature_cache_resume_gives_identical_features(shapes_rcnn, tmp_path):
     assert len(rebuilt.index["done"]) == 1
 
 
-def test_tiny_rcnn_learns_shapes_and_box_regression_is_used(shapes_rcnn, tmp_path):
-    cfg = rcnn_config(shapes_rcnn, "train.max_iter=250", "train.lr=0.02", "train.steps=[0.8]")
+def test_tiny_rcnn_learns_shapes_and_box_regression_is_used(shapes_with_proposals, tmp_path):
+    cfg = rcnn_config(shapes_with_proposals, "train.max_iter=250", "train.lr=0.02", "train.steps=[0.8]")
     metrics = train(cfg, tmp_path, progress=False)
     assert metrics["coco"]["AP50"] >= 0.7, metrics["coco"]
     fit = json.loads((tmp_path / "rcnn_fit.json").read_text())
