@@ -1,22 +1,27 @@
 #!/usr/bin/env python
 """The main job on the embedded default: generate synthetic shapes, train Faster R-CNN on them on
-the CPU for a few minutes, evaluate it, and print the COCO / VOC table.
+the CPU for a few minutes, evaluate it, print the COCO / VOC table, then run the trained detector over
+the test image folder as tools/infer.py does, writing annotated images and detections.json.
 
     python tools/quickstart.py [--minutes 4] [--data datasets/shapes] [--output runs/quickstart]
 
 The dataset goes where ``configs/faster_rcnn/shapes.yaml`` reads it (``datasets/shapes``); the run
-folder holds the checkpoint, log.jsonl, loss_curve.png, metrics.json and pr_curves.png.
+folder holds the checkpoint, log.jsonl, loss_curve.png, metrics.json, pr_curves.png and infer/
+(annotated images in infer/images/, detections.json, images.json).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from detect.config import load_config
 from detect.data.build import build_dataset
 from detect.data.stats import dataset_stats, format_stats
 from detect.data.synthetic import generate_dataset
+from detect.engine.infer_folder import format_summary, run_folder
+from detect.engine.predictor import Predictor
 from detect.engine.trainer import train
 from detect.utils.cli import run_cli, setup_logging
 
@@ -36,7 +41,7 @@ def main(argv=None) -> int:
 
     start = time.perf_counter()
     generate_dataset(args.data, args.num_train, args.num_test, args.seed)
-    print(f"[1/3] generated {args.num_train} + {args.num_test} synthetic images in {args.data} "
+    print(f"[1/4] generated {args.num_train} + {args.num_test} synthetic images in {args.data} "
           f"({time.perf_counter() - start:.1f} s)\n")
     d = args.data
     cfg = load_config(CONFIG, [f"data.train.ann_file={d}/train.json", f"data.train.img_dir={d}/images",
@@ -44,12 +49,18 @@ def main(argv=None) -> int:
                                f"train.max_minutes={args.minutes}", "train.max_iter=1000000"])
     print(format_stats(dataset_stats(build_dataset(cfg, "train")), title=f"shapes train ({CONFIG})"), "\n")
 
-    print(f"[2/3] training Faster R-CNN ({cfg.model.backbone.name} backbone) for {args.minutes:g} minutes "
+    print(f"[2/4] training Faster R-CNN ({cfg.model.backbone.name} backbone) for {args.minutes:g} minutes "
           f"into {args.output}")
-    print("[3/3] then evaluating on the test split:\n")
+    print("[3/4] then evaluating on the test split:\n")
     train(cfg, args.output)
-    print(f"\nrun folder: {args.output} (model_final.pth, metrics.json, pr_curves.png, loss_curve.png)")
+
+    infer_out = Path(args.output) / "infer"
+    print(f"\n[4/4] inference on the folder {d}/images/test -> {infer_out} (boxes scoring >= 0.5 drawn)")
+    predictor = Predictor.from_checkpoint(f"{args.output}/model_final.pth", score_thresh=0.5)
+    print(format_summary(run_folder(predictor, f"{d}/images/test", infer_out, progress=False)))
+    print(f"\nrun folder: {args.output} (model_final.pth, metrics.json, pr_curves.png, loss_curve.png, infer/)")
     print(f"evaluate again: python tools/eval.py --checkpoint {args.output}/model_final.pth")
+    print(f"other folders: python tools/infer.py --checkpoint {args.output}/model_final.pth --input DIR --output OUT")
     return 0
 
 
