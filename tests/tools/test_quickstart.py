@@ -1,0 +1,29 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from pycocotools.coco import COCO
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_quickstart_trains_evaluates_and_annotates_a_folder(tmp_path):
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "quickstart.py"), "--minutes", "0.2", "--num-train", "12",
+                        "--num-test", "4", "--data", str(tmp_path / "shapes"), "--output", str(tmp_path / "run")],
+                       capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0.0 <= metrics["coco"]["AP"] <= 1.0
+    assert (run / "model_final.pth").is_file() and (run / "pr_curves.png").is_file()
+    written = sorted(p.name for p in (run / "infer" / "images").iterdir())
+    tests = sorted(p.name for p in (tmp_path / "shapes" / "images" / "test").iterdir())
+    assert written == tests and len(tests) == 4
+    gt = COCO(str(run / "infer" / "images.json"))
+    assert len(gt.getImgIds()) == 4
+    detections = json.loads((run / "infer" / "detections.json").read_text())
+    if detections:
+        gt.loadRes(str(run / "infer" / "detections.json"))
+        assert all(d["score"] >= 0.5 for d in detections)
+    assert "[4/4] inference" in r.stdout
