@@ -21,7 +21,7 @@ def cmd_frcnn(args) -> int:
     from detect.benchmark.frcnn import format_frcnn, run_frcnn_benchmark
 
     cfg = load_config(args.config, args.overrides)
-    rows = run_frcnn_benchmark(cfg, num_images=args.num_images, train_steps=args.train_steps)
+    rows = run_frcnn_benchmark(cfg, num_images=args.num_images, train_steps=args.train_steps, rounds=args.rounds)
     print(format_frcnn(rows), flush=True)
     if args.train_minutes > 0:
         from detect.benchmark.frcnn import accuracy_same_budget, format_accuracy
@@ -85,6 +85,7 @@ def main(argv=None) -> int:
     p.add_argument("--config", required=True)
     p.add_argument("--num-images", type=int, default=10)
     p.add_argument("--train-steps", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3, help="latency: interleaved rounds over the images (median)")
     p.add_argument("--train-minutes", type=float, default=0.0,
                    help="also train both from scratch for this many minutes each and compare AP")
     p.add_argument("--output-dir", default="runs/benchmark_frcnn", help="run folders of the accuracy comparison")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -43,24 +43,42 @@ def torchvision_model(cfg: Config, proposals_test: int = 1000) -> torch.nn.Modul
                    rpn_post_nms_top_n_test=proposals_test, rpn_pre_nms_top_n_test=1000)
 
 
-def _timed(fn: Callable[[], Any], repeat: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
+def _seconds(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    return (time.perf_counter() - start) / repeat
+    fn()
+    return time.perf_counter() - start
 
 
 @torch.inference_mode()
-def latency(model: torch.nn.Module, images: List[torch.Tensor], backbone: Callable[[torch.Tensor], Any],
-            batcher: Callable[[List[torch.Tensor]], torch.Tensor]) -> Dict[str, float]:
-    """Mean seconds per image for the whole model and for its backbone alone (batch of one)."""
-    model.eval()
-    total = np.mean([_timed(lambda: model([im]), repeat=1, warmup=1 if i == 0 else 0) for i, im in enumerate(images)])
-    batches = [batcher([im]) for im in images]
-    back = np.mean([_timed(lambda: backbone(b), repeat=1, warmup=1 if i == 0 else 0) for i, b in enumerate(batches)])
-    return {"total_s": float(total), "backbone_s": float(back), "outside_backbone_s": float(total - back)}
+def latencies(settings: Dict[str, Tuple[torch.nn.Module, Callable[[], None], Callable[[torch.Tensor], Any],
+                                        Callable[[List[torch.Tensor]], torch.Tensor]]],
+              images: List[torch.Tensor], rounds: int = 3) -> Dict[str, Dict[str, float]]:
+    """Seconds per image of each setting's whole model and of its backbone alone (batch of one).
+
+    ``settings``: name -> (model, apply the setting, backbone, batcher). The settings take turns
+    image by image, ``rounds`` times, so that a change in the machine's load falls on all of them;
+    each figure is the median over the rounds, averaged over the images.
+    """
+    total = {name: np.zeros((rounds, len(images))) for name in settings}
+    back = {name: np.zeros((rounds, len(images))) for name in settings}
+    for model, apply, backbone, batcher in settings.values():  # warm-up
+        model.eval()
+        apply()
+        model([images[0]])
+        backbone(batcher([images[0]]))
+    batches = {name: [s[3]([im]) for im in images] for name, s in settings.items()}
+    for r in range(rounds):
+        for i, im in enumerate(images):
+            for name, (model, apply, backbone, _) in settings.items():
+                apply()
+                total[name][r, i] = _seconds(lambda: model([im]))
+                back[name][r, i] = _seconds(lambda: backbone(batches[name][i]))
+    out = {}
+    for name in settings:
+        t = float(np.median(total[name], axis=0).mean())
+        b = float(np.median(back[name], axis=0).mean())
+        out[name] = {"total_s": t, "backbone_s": b, "outside_backbone_s": t - b}
+    return out
 
 
 def train_step_time(model: torch.nn.Module, batches: Sequence, lr: float = 0.01) -> float:
@@ -81,7 +99,8 @@ def train_step_time(model: torch.nn.Module, batches: Sequence, lr: float = 0.01)
     return (time.perf_counter() - start) / max(len(batches) - 1, 1)
 
 
-def run_frcnn_benchmark(cfg: Config, num_images: int = 10, train_steps: int = 5, seed: int = 0) -> Dict[str, Any]:
+def run_frcnn_benchmark(cfg: Config, num_images: int = 10, train_steps: int = 5, seed: int = 0,
+                        rounds: int = 3) -> Dict[str, Any]:
     torch.manual_seed(seed)
     test_set = build_dataset(cfg, "test", transforms=build_transforms(cfg, train=False), class_names=cfg.data.classes)
     images, _ = collate_detection([test_set[i] for i in range(min(num_images, len(test_set)))])
@@ -101,16 +120,26 @@ def run_frcnn_benchmark(cfg: Config, num_images: int = 10, train_steps: int = 5,
     def our_batch(ims):
         return ours.batcher(ims)[0]
 
-    rows: Dict[str, Any] = {"images": len(images), "image_size": list(images[0].shape[1:]),
+    def proposals(model, k):
+        def apply():
+            if model is ours:
+                ours.rpn.post_nms_topk = (ours.rpn.post_nms_topk[0], k)
+            else:
+                theirs.rpn._post_nms_top_n["testing"] = k
+        return apply
+
+    settings = {"detect_default": (ours, proposals(ours, post_ours), ours.backbone, our_batch),
+                "torchvision_default": (theirs, proposals(theirs, 1000), theirs.backbone, tv_batch),
+                "detect_1000": (ours, proposals(ours, 1000), ours.backbone, our_batch),
+                "torchvision_equal": (theirs, proposals(theirs, post_ours), theirs.backbone, tv_batch)}
+    rows: Dict[str, Any] = {"images": len(images), "image_size": list(images[0].shape[1:]), "rounds": rounds,
                             "backbone": cfg.model.backbone.name, "fpn": cfg.model.backbone.fpn}
-    rows["detect_default"] = {"proposals": post_ours, **latency(ours, images, ours.backbone, our_batch)}
-    rows["torchvision_default"] = {"proposals": 1000, **latency(theirs, images, theirs.backbone, tv_batch)}
-    ours.rpn.post_nms_topk = (ours.rpn.post_nms_topk[0], 1000)
-    rows["detect_1000"] = {"proposals": 1000, **latency(ours, images, ours.backbone, our_batch)}
-    ours.rpn.post_nms_topk = (ours.rpn.post_nms_topk[0], post_ours)
-    theirs.rpn._post_nms_top_n["testing"] = post_ours
-    rows["torchvision_equal"] = {"proposals": post_ours, **latency(theirs, images, theirs.backbone, tv_batch)}
-    theirs.rpn._post_nms_top_n["testing"] = 1000
+    measured = latencies(settings, images, rounds)
+    for name, count in (("detect_default", post_ours), ("torchvision_default", 1000), ("detect_1000", 1000),
+                        ("torchvision_equal", post_ours)):
+        rows[name] = {"proposals": count, **measured[name]}
+    proposals(ours, post_ours)()
+    proposals(theirs, 1000)()
     rows["train_step_s"] = {"detect": train_step_time(ours, train_batches),
                             "torchvision": train_step_time(theirs, train_batches)}
     rows["ratios"] = {
@@ -125,7 +154,7 @@ def run_frcnn_benchmark(cfg: Config, num_images: int = 10, train_steps: int = 5,
 def format_frcnn(rows: Dict[str, Any]) -> str:
     h, w = rows["image_size"]
     lines = [f"Faster R-CNN, {rows['backbone']}{'-FPN' if rows['fpn'] else ''}, {rows['images']} images at {h}x{w}, "
-             f"CPU, {torch.get_num_threads()} threads, random init",
+             f"CPU, {torch.get_num_threads()} threads, random init, median of {rows['rounds']} interleaved rounds",
              f"{'setting':<22} {'proposals':>9} {'total ms':>9} {'backbone ms':>12} {'outside ms':>11}"]
     for key in ("detect_default", "torchvision_default", "detect_1000", "torchvision_equal"):
         r = rows[key]

@@ -114,7 +114,7 @@ class RPN(nn.Module):
             s = scores[i]
             keep = ((b[:, 2] - b[:, 0]) > self.min_size) & ((b[:, 3] - b[:, 1]) > self.min_size) & torch.isfinite(s)
             b, s, lv = b[keep], s[keep], levels[keep]
-            keep = batched_nms(b, s, lv, self.nms_thresh)[:post_k]  # NMS per level, as torchvision
+            keep = batched_nms(b, s, lv, self.nms_thresh, max_keep=post_k)  # NMS per level, as torchvision
             proposals.append(b[keep])
         return proposals
 

@@ -1,20 +1,50 @@
-"""The one NMS path: every stage suppresses duplicates through these two functions."""
+"""The one NMS path: every stage suppresses duplicates through these two functions.
+
+On CUDA they are ``torchvision.ops.nms`` / ``batched_nms``. On CPU they run the greedy kernel of
+:mod:`detect.ops._kernels`, which keeps exactly the boxes torchvision keeps (same IoU arithmetic; a
+test holds them equal) but compares each box only with the boxes already kept and stops at
+``max_keep``: the RPN asks for its 300 (or 1000) best proposals out of ~3000 candidates, the
+detector for its 100 best detections, and torchvision would finish the whole list first.
+"""
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torchvision
 
+from detect.ops._kernels import greedy_nms
 
-def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """Class-agnostic NMS. ``boxes (N, 4)`` xyxy, ``scores (N,)``; returns kept indices by score."""
-    return torchvision.ops.nms(boxes.float(), scores.float(), iou_threshold)
+
+def _greedy(boxes: torch.Tensor, scores: torch.Tensor, labels: Optional[torch.Tensor], iou_threshold: float,
+            max_keep: Optional[int]) -> torch.Tensor:
+    n = boxes.shape[0]
+    if n == 0 or max_keep == 0:
+        return torch.zeros(0, dtype=torch.int64)
+    order = torch.sort(scores.detach().float(), descending=True, stable=True)[1]
+    labels = torch.zeros(n, dtype=torch.int64) if labels is None else labels.detach().to(torch.int64)
+    keep = greedy_nms(boxes.detach().float().contiguous().numpy(), order.numpy(), labels.contiguous().numpy(),
+                      float(iou_threshold), n if max_keep is None else int(max_keep))
+    return torch.from_numpy(keep)
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float,
+        max_keep: Optional[int] = None) -> torch.Tensor:
+    """Class-agnostic NMS. ``boxes (N, 4)`` xyxy, ``scores (N,)``; returns the kept indices by
+    decreasing score, at most ``max_keep`` (all by default)."""
+    if boxes.device.type != "cpu":
+        return torchvision.ops.nms(boxes.float(), scores.float(), iou_threshold)[:max_keep]
+    return _greedy(boxes, scores, None, iou_threshold, max_keep)
 
 
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
-                iou_threshold: float) -> torch.Tensor:
+                iou_threshold: float, max_keep: Optional[int] = None) -> torch.Tensor:
     """Per-class NMS: boxes only suppress boxes of the same label.
 
-    ``boxes (N, 4)`` xyxy, ``scores (N,)``, ``labels (N,)`` int; returns kept indices sorted by
-    decreasing score. (For RPN proposals the "label" is the feature level: NMS per level.)
+    ``boxes (N, 4)`` xyxy, ``scores (N,)``, ``labels (N,)`` int; returns the kept indices sorted by
+    decreasing score, at most ``max_keep`` (all by default). (For RPN proposals the "label" is the
+    feature level: NMS per level.)
     """
-    return torchvision.ops.batched_nms(boxes.float(), scores.float(), labels, iou_threshold)
+    if boxes.device.type != "cpu":
+        return torchvision.ops.batched_nms(boxes.float(), scores.float(), labels, iou_threshold)[:max_keep]
+    return _greedy(boxes, scores, labels, iou_threshold, max_keep)

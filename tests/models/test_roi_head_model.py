@@ -92,3 +92,24 @@ def test_variants_build_and_run(extra):
 def test_build_needs_classes():
     with pytest.raises(ValueError, match="data.classes is empty"):
         build_model(load_config(None, ["model.backbone.name=tiny"]))
+
+
+def test_chunked_inference_equals_one_pass(monkeypatch):
+    import detect.models.roi_head as roi_head
+
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("model.backbone.fpn=true", "model.rpn.anchor_sizes=[]",
+                                 "model.roi_head.pooler=align")).eval()
+    images = [torch.rand(3, 64, 80), torch.rand(3, 50, 40)]
+    with torch.no_grad():
+        features = model.backbone(model.batcher(images)[0])
+        rois = [torch.tensor([[0.0, 0.0, 30.0, 20.0], [10.0, 5.0, 60.0, 60.0], [2.0, 2.0, 9.0, 7.0]]),
+                torch.tensor([[5.0, 5.0, 35.0, 45.0], [0.0, 0.0, 40.0, 50.0]])]
+        whole = model.roi_head.predict(features, rois)
+        h, w = model.roi_head.pooler.output_size
+        per_roi = features[0].shape[1] * h * w * 4
+        monkeypatch.setattr(roi_head, "PREDICT_CHUNK_BYTES", 2 * per_roi)  # chunks of 2 RoIs
+        chunked = model.roi_head.predict(features, rois)
+    assert chunked[0].shape == (5, 3)
+    torch.testing.assert_close(chunked[0], whole[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(chunked[1], whole[1], rtol=1e-5, atol=1e-6)

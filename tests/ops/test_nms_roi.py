@@ -60,3 +60,70 @@ def test_bad_arguments():
         RoIPooler(7, strides=[16], mode="max")
     with pytest.raises(ValueError, match="powers of two"):
         RoIPooler(7, strides=[12])
+
+
+def _random_boxes(n, generator, size=500.0, max_side=120.0):
+    xy = torch.rand(n, 2, generator=generator) * size
+    return torch.cat([xy, xy + torch.rand(n, 2, generator=generator) * max_side + 0.5], dim=1)
+
+
+@pytest.mark.parametrize("iou", [0.3, 0.5, 0.7])
+def test_cpu_nms_keeps_what_torchvision_keeps(iou):
+    import torchvision
+
+    g = torch.Generator().manual_seed(1)
+    boxes = _random_boxes(2000, g)
+    scores = torch.rand(2000, generator=g)
+    scores[::5] = scores[0]  # many ties
+    labels = torch.randint(0, 3, (2000,), generator=g)
+    reference = [torchvision.ops.nms(boxes[labels == c], scores[labels == c], iou) for c in range(3)]
+    reference = torch.cat([torch.nonzero(labels == c).flatten()[k] for c, k in enumerate(reference)])
+    ours = batched_nms(boxes, scores, labels, iou)
+    assert 100 < len(ours) < 2000
+    assert sorted(ours.tolist()) == sorted(reference.tolist())
+    assert torch.all(scores[ours][1:] <= scores[ours][:-1])  # best first
+    assert nms(boxes, scores, iou).tolist() == torchvision.ops.nms(boxes, scores, iou).tolist()
+    # max_keep stops early with the same first boxes
+    assert batched_nms(boxes, scores, labels, iou, max_keep=50).tolist() == ours[:50].tolist()
+    assert nms(boxes, scores, iou, max_keep=7).tolist() == nms(boxes, scores, iou)[:7].tolist()
+
+
+def test_cpu_nms_edge_cases():
+    empty = torch.zeros(0, 4)
+    assert batched_nms(empty, torch.zeros(0), torch.zeros(0, dtype=torch.int64), 0.5).tolist() == []
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 0.0, 0.0]])
+    scores = torch.tensor([0.5, 0.9, 0.7])
+    # identical boxes: the better one survives; the empty box overlaps nothing
+    assert nms(boxes, scores, 0.5).tolist() == [1, 2]
+    assert nms(boxes, scores, 0.5, max_keep=0).tolist() == []
+    # IoU exactly at the threshold is kept (torchvision suppresses only above it): 50 / 100
+    pair = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 5.0, 10.0]])
+    assert nms(pair, torch.tensor([0.9, 0.8]), 0.5).tolist() == [0, 1]
+    assert nms(pair, torch.tensor([0.9, 0.8]), 0.49).tolist() == [0]
+
+
+@pytest.mark.parametrize("sampling_ratio", [0, 1, 2])
+def test_cpu_roi_align_equals_torchvision_bit_for_bit(sampling_ratio):
+    import torchvision
+
+    g = torch.Generator().manual_seed(2)
+    features = [torch.randn(2, 8, 24, 32, generator=g), torch.randn(2, 8, 12, 16, generator=g)]
+    # boxes partly or wholly outside the image, tiny and huge ones
+    boxes = [torch.cat([_random_boxes(60, g, 560.0, 700.0) - 30.0, torch.tensor([[5.0, 5.0, 5.2, 5.1],
+                                                                                  [-200.0, -90.0, -100.0, -50.0]])]),
+             _random_boxes(40, g, 512.0, 200.0)]
+    pooler = RoIPooler(7, strides=[16, 32], mode="align", sampling_ratio=sampling_ratio)
+    with torch.no_grad():
+        ours = pooler(features, boxes)
+    rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i)), b], 1) for i, b in enumerate(boxes)])
+    levels = assign_fpn_levels(rois[:, 1:], 4, 5)
+    assert set(levels.tolist()) == {0, 1}
+    reference = torch.empty_like(ours)
+    for level, (f, stride) in enumerate(zip(features, [16, 32])):
+        idx = levels == level
+        reference[idx] = torchvision.ops.roi_align(f, rois[idx], 7, spatial_scale=1.0 / stride,
+                                                   sampling_ratio=sampling_ratio, aligned=True)
+    assert torch.equal(ours, reference)
+    # with gradients wanted the pooler is torchvision's (the kernel has no backward): same values
+    features[0].requires_grad_(True)
+    assert torch.equal(pooler(features, boxes), reference)

@@ -1,0 +1,125 @@
+"""CPU inference kernels for the two box operations that dominate Faster R-CNN outside its backbone
+(numba, single thread, float32).
+
+Both reproduce torchvision's CPU operators bit for bit (same float32 expressions in the same order;
+tests hold them to it) and differ only in how the work is organised:
+
+- ``greedy_nms`` visits boxes best first and compares each with the boxes already kept (of the same
+  label) instead of suppressing forward over all remaining boxes, so it can stop as soon as
+  ``max_keep`` boxes are kept: the RPN keeps 300 of ~3000 candidates and the detector 100.
+  ``torchvision.ops.nms`` has no such limit and always finishes the whole list.
+- ``roi_align_nhwc`` reads a channels-last map, so the four bilinear neighbours of a sample point
+  are four contiguous rows of C floats and the channel loop is vectorised; torchvision's CPU kernel
+  walks a channels-first map one scalar at a time.
+"""
+import numpy as np
+from numba import njit
+
+_ZERO = np.float32(0.0)
+_ONE = np.float32(1.0)
+_HALF = np.float32(0.5)
+
+
+@njit(cache=True, nogil=True)
+def greedy_nms(boxes, order, labels, iou_threshold, max_keep):
+    """Greedy NMS over ``boxes (N, 4) float32`` taken in ``order`` (best first).
+
+    A box is kept unless a kept box of the same ``labels`` value overlaps it with IoU above
+    ``iou_threshold`` (float64, compared as torchvision does). Returns the kept indices, best first,
+    at most ``max_keep`` of them.
+    """
+    n = order.shape[0]
+    keep = np.empty(min(n, max_keep), np.int64)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    kept = 0
+    for t in range(n):
+        if kept == max_keep:
+            break
+        i = order[t]
+        ix1, iy1, ix2, iy2, iarea, ilabel = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3], areas[i], labels[i]
+        suppressed = False
+        for s in range(kept):
+            j = keep[s]
+            if labels[j] != ilabel:
+                continue
+            w = max(_ZERO, min(boxes[j, 2], ix2) - max(boxes[j, 0], ix1))
+            h = max(_ZERO, min(boxes[j, 3], iy2) - max(boxes[j, 1], iy1))
+            inter = w * h
+            # torchvision: inter / (area of the earlier box + area of the later one - inter)
+            if inter / (areas[j] + iarea - inter) > iou_threshold:
+                suppressed = True
+                break
+        if not suppressed:
+            keep[kept] = i
+            kept += 1
+    return keep[:kept]
+
+
+@njit(cache=True, nogil=True)
+def roi_align_nhwc(feature, rois, out, out_index, spatial_scale, sampling_ratio, aligned):
+    """RoI align of ``rois (K, 5) float32`` (batch index, x1, y1, x2, y2 in image pixels) from
+    ``feature (B, H, W, C) float32`` into ``out[out_index[k]]`` of ``out (R, C, PH, PW)``.
+
+    torchvision's ``roi_align`` semantics: ``spatial_scale`` (float32) maps image pixels to the map,
+    ``aligned`` shifts by half a cell, ``sampling_ratio`` samples per bin side (0: adaptive,
+    ``ceil(roi side / bins)``), samples outside ``[-1, size]`` contribute zero, the bin value is the
+    mean of its samples.
+    """
+    height, width, channels = feature.shape[1], feature.shape[2], feature.shape[3]
+    pooled_h, pooled_w = out.shape[2], out.shape[3]
+    offset = _HALF if aligned else _ZERO
+    bins = np.empty((pooled_h * pooled_w, channels), np.float32)  # one RoI, channels last
+    for k in range(rois.shape[0]):
+        f = feature[int(rois[k, 0])]
+        start_w = rois[k, 1] * spatial_scale - offset
+        start_h = rois[k, 2] * spatial_scale - offset
+        roi_w = rois[k, 3] * spatial_scale - offset - start_w
+        roi_h = rois[k, 4] * spatial_scale - offset - start_h
+        if not aligned:
+            roi_w = max(roi_w, _ONE)
+            roi_h = max(roi_h, _ONE)
+        bin_h = roi_h / np.float32(pooled_h)
+        bin_w = roi_w / np.float32(pooled_w)
+        grid_h = sampling_ratio if sampling_ratio > 0 else int(np.ceil(roi_h / np.float32(pooled_h)))
+        grid_w = sampling_ratio if sampling_ratio > 0 else int(np.ceil(roi_w / np.float32(pooled_w)))
+        count = np.float32(max(grid_h * grid_w, 1))
+        r = out_index[k]
+        for ph in range(pooled_h):
+            for pw in range(pooled_w):
+                acc = bins[ph * pooled_w + pw]
+                acc[:] = _ZERO
+                for iy in range(grid_h):
+                    y = start_h + np.float32(ph) * bin_h + np.float32(iy + 0.5) * bin_h / np.float32(grid_h)
+                    for ix in range(grid_w):
+                        x = start_w + np.float32(pw) * bin_w + np.float32(ix + 0.5) * bin_w / np.float32(grid_w)
+                        if y < -1.0 or y > height or x < -1.0 or x > width:
+                            continue  # torchvision adds zero-weighted terms here
+                        yy = max(y, _ZERO)
+                        xx = max(x, _ZERO)
+                        y_low = int(yy)
+                        x_low = int(xx)
+                        if y_low >= height - 1:
+                            y_low = y_high = height - 1
+                            yy = np.float32(y_low)
+                        else:
+                            y_high = y_low + 1
+                        if x_low >= width - 1:
+                            x_low = x_high = width - 1
+                            xx = np.float32(x_low)
+                        else:
+                            x_high = x_low + 1
+                        ly = yy - np.float32(y_low)
+                        lx = xx - np.float32(x_low)
+                        hy = _ONE - ly
+                        hx = _ONE - lx
+                        w1, w2, w3, w4 = hy * hx, hy * lx, ly * hx, ly * lx
+                        a, b, c, d = f[y_low, x_low], f[y_low, x_high], f[y_high, x_low], f[y_high, x_high]
+                        for ch in range(channels):
+                            acc[ch] += w1 * a[ch] + w2 * b[ch] + w3 * c[ch] + w4 * d[ch]
+                for ch in range(channels):
+                    acc[ch] = acc[ch] / count
+        # transposed into the channels-first output once per RoI (contiguous writes)
+        o = out[r].reshape(channels, pooled_h * pooled_w)
+        for ch in range(channels):
+            for q in range(pooled_h * pooled_w):
+                o[ch, q] = bins[q, ch]
