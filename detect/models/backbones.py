@@ -28,6 +28,8 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from detect.ops.conv import use_conv3x3
+
 logger = logging.getLogger(__name__)
 
 BACKBONES = ("vgg16", "resnet18", "resnet50", "mobilenet_v3_large", "tiny")
@@ -193,6 +195,7 @@ def build_backbone(name: str, pretrained: Optional[str] = None, fpn: bool = Fals
         stages = _tiny_stages(norm)
         returned = [1, 2, 3] if fpn else [2]
     backbone = Backbone(stages, returned, fpn, res5=res5, fpn_channels=fpn_channels)
+    use_conv3x3(backbone)  # large-map 3x3 convs through NNPACK at CPU inference (detect.ops.conv)
     if freeze_at:
         backbone.freeze(freeze_at)
     return backbone

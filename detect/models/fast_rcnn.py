@@ -43,7 +43,9 @@ class FastRCNN(nn.Module):
                  topk_train: int = 2000, topk_test: int = 2000, pyramid_scales: Sequence[float] = (),
                  pyramid_roi_size: float = 224.0):
         super().__init__()
-        self.batcher = ImageBatcher(max(backbone.strides))
+        # padded to the largest stride of the conv stages (FPN's extra max-pooled level takes any
+        # size, as in torchvision): 480 rows stay 480 at stride 32 instead of 512 at 64
+        self.batcher = ImageBatcher(max(backbone.roi_strides))
         self.backbone = backbone
         self.roi_head = roi_head
         self.class_names = list(class_names)

@@ -50,7 +50,9 @@ class FasterRCNN(nn.Module):
 
     def __init__(self, backbone: Backbone, rpn: RPN, roi_head: RoIHead, class_names: Sequence[str]):
         super().__init__()
-        self.batcher = ImageBatcher(max(backbone.strides))
+        # padded to the largest stride of the conv stages (FPN's extra max-pooled level takes any
+        # size, as in torchvision): 480 rows stay 480 at stride 32 instead of 512 at 64
+        self.batcher = ImageBatcher(max(backbone.roi_strides))
         self.backbone = backbone
         self.rpn = rpn
         self.roi_head = roi_head

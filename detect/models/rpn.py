@@ -15,6 +15,7 @@ from torch import nn
 
 from detect.models.anchors import AnchorGenerator
 from detect.ops import BalancedSampler, BoxCoder, Matcher, batched_nms, box_iou, clip_boxes
+from detect.ops.conv import Conv3x3
 
 ImageSize = Tuple[int, int]
 
@@ -24,7 +25,7 @@ class RPNHead(nn.Module):
 
     def __init__(self, in_channels: int, num_anchors: int):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, in_channels, 3, padding=1)
+        self.conv = Conv3x3(in_channels, in_channels, 3, padding=1)  # nn.Conv2d; NNPACK on large CPU maps
         self.objectness = nn.Conv2d(in_channels, num_anchors, 1)
         self.deltas = nn.Conv2d(in_channels, 4 * num_anchors, 1)
         for layer in (self.conv, self.objectness, self.deltas):
