@@ -1,11 +1,12 @@
 """Faster R-CNN against torchvision's ``FasterRCNN`` with the same backbone and input size, in one run.
 
-Measured on the same images, on the same machine, one after the other:
+Measured on the same images, on the same machine, in one process:
 
 - inference latency per image, each library at its own defaults (torchvision tests with 1000
-  proposals, ``detect`` with the paper's 300), and at equal proposal counts;
+  proposals, ``detect`` with the paper's 300), and at equal proposal counts (the four settings take
+  turns image by image over several rounds; medians);
 - the backbone's own time (the floor both share), so the time outside it can be compared;
-- training step time on the same batches;
+- training step time on the same batches (the two models take turns, median step);
 - optionally, accuracy after training each from scratch for the same wall-clock budget, both
   evaluated by the same evaluator.
 """
@@ -81,22 +82,27 @@ def latencies(settings: Dict[str, Tuple[torch.nn.Module, Callable[[], None], Cal
     return out
 
 
-def train_step_time(model: torch.nn.Module, batches: Sequence, lr: float = 0.01) -> float:
-    """Mean seconds of forward + backward + SGD step over ``batches`` (after one warm-up step)."""
-    model.train()
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9)
+def train_step_times(models: Dict[str, torch.nn.Module], batches: Sequence, lr: float = 0.01) -> Dict[str, float]:
+    """Median seconds of forward + backward + SGD step of each model over ``batches`` (after one
+    warm-up step each); the models take turns batch by batch."""
+    optimizers = {}
+    for name, model in models.items():
+        model.train()
+        optimizers[name] = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9)
 
-    def step(images, targets):
-        losses = model(images, targets)
-        opt.zero_grad()
+    def step(name, images, targets):
+        losses = models[name](images, targets)
+        optimizers[name].zero_grad()
         sum(losses.values()).backward()
-        opt.step()
+        optimizers[name].step()
 
-    step(*batches[0])
-    start = time.perf_counter()
+    for name in models:
+        step(name, *batches[0])
+    seconds = {name: [] for name in models}
     for images, targets in batches[1:]:
-        step(images, targets)
-    return (time.perf_counter() - start) / max(len(batches) - 1, 1)
+        for name in models:
+            seconds[name].append(_seconds(lambda: step(name, images, targets)))
+    return {name: float(np.median(v)) for name, v in seconds.items()}
 
 
 def run_frcnn_benchmark(cfg: Config, num_images: int = 10, train_steps: int = 5, seed: int = 0,
@@ -140,8 +146,7 @@ def run_frcnn_benchmark(cfg: Config, num_images: int = 10, train_steps: int = 5,
         rows[name] = {"proposals": count, **measured[name]}
     proposals(ours, post_ours)()
     proposals(theirs, 1000)()
-    rows["train_step_s"] = {"detect": train_step_time(ours, train_batches),
-                            "torchvision": train_step_time(theirs, train_batches)}
+    rows["train_step_s"] = train_step_times({"detect": ours, "torchvision": theirs}, train_batches)
     rows["ratios"] = {
         "latency_defaults": rows["detect_default"]["total_s"] / rows["torchvision_default"]["total_s"],
         "outside_backbone_equal_300": rows["detect_default"]["outside_backbone_s"] / rows["torchvision_equal"]["outside_backbone_s"],
