@@ -127,23 +127,22 @@ def run_frcnn_benchmark(cfg: Config, num_images: int = 10, train_steps: int = 5,
         return ours.batcher(ims)[0]
 
     def proposals(model, k):
-        def apply():
+        def apply():  # the test-time post-NMS proposal count, in each library's own attribute
             if model is ours:
                 ours.rpn.post_nms_topk = (ours.rpn.post_nms_topk[0], k)
             else:
                 theirs.rpn._post_nms_top_n["testing"] = k
         return apply
 
-    settings = {"detect_default": (ours, proposals(ours, post_ours), ours.backbone, our_batch),
-                "torchvision_default": (theirs, proposals(theirs, 1000), theirs.backbone, tv_batch),
-                "detect_1000": (ours, proposals(ours, 1000), ours.backbone, our_batch),
-                "torchvision_equal": (theirs, proposals(theirs, post_ours), theirs.backbone, tv_batch)}
+    counts = {"detect_default": (ours, post_ours), "torchvision_default": (theirs, 1000),
+              "detect_1000": (ours, 1000), "torchvision_equal": (theirs, post_ours)}
+    settings = {name: (model, proposals(model, k), model.backbone, our_batch if model is ours else tv_batch)
+                for name, (model, k) in counts.items()}
     rows: Dict[str, Any] = {"images": len(images), "image_size": list(images[0].shape[1:]), "rounds": rounds,
                             "backbone": cfg.model.backbone.name, "fpn": cfg.model.backbone.fpn}
     measured = latencies(settings, images, rounds)
-    for name, count in (("detect_default", post_ours), ("torchvision_default", 1000), ("detect_1000", 1000),
-                        ("torchvision_equal", post_ours)):
-        rows[name] = {"proposals": count, **measured[name]}
+    for name, (_, k) in counts.items():
+        rows[name] = {"proposals": k, **measured[name]}
     proposals(ours, post_ours)()
     proposals(theirs, 1000)()
     rows["train_step_s"] = train_step_times({"detect": ours, "torchvision": theirs}, train_batches)
