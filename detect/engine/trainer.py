@@ -275,9 +275,9 @@ class Trainer:
 
     def save(self, name: str) -> None:
         if dist.is_main():
-            path = save_checkpoint(self.output_dir / name, self.state())
+            save_checkpoint(self.output_dir / name, self.state())
             write_last_checkpoint(self.output_dir, name)
-            self.last_checkpoint = path
+        self.last_checkpoint = self.output_dir / name  # every rank names it in its messages
 
     def train(self) -> Dict[str, Any]:
         cfg = self.cfg
@@ -308,9 +308,13 @@ class Trainer:
             with torch.autocast(self.device.type, enabled=self.use_amp):
                 losses = model(images, targets)
             loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                values = {k: float(v.detach()) for k, v in losses.items()}
-                raise TrainingDiverged(f"iteration {self.iteration}: loss is not finite {values}; "
+            # Averaged over the processes before the backward pass: a NaN on one rank reaches all of
+            # them, so all stop here together instead of the others waiting in DDP's gradient all-reduce.
+            logged = dist.all_reduce_mean(torch.stack([loss.detach()] + [v.detach() for v in losses.values()]).float())
+            if not torch.isfinite(logged).all():
+                values = dict(zip(["loss"] + list(losses), logged.tolist()))
+                where = f" (mean over {self.world} processes)" if self.world > 1 else ""
+                raise TrainingDiverged(f"iteration {self.iteration}: loss is not finite{where} {values}; "
                                        f"last good checkpoint: {self.last_checkpoint or 'none written yet'}")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -323,7 +327,6 @@ class Trainer:
             self.elapsed += time.perf_counter() - step_start
             images_seen += len(images) * self.world
 
-            logged = dist.all_reduce_mean(torch.stack([loss.detach()] + [v.detach() for v in losses.values()]).float())
             window.append(dict(zip(["loss"] + list(losses), logged.tolist())))
             bar.update(1)
             if self.iteration % cfg.train.log_period == 0:

@@ -92,3 +92,19 @@ def test_two_process_torchrun_matches_one_process(square_data, tmp_path):
     diff = max((one[k] - two[k]).abs().max().item() for k in keys)
     assert update > 1e-4
     assert diff < 0.05 * update, (diff, update)
+
+
+def test_nan_on_one_rank_stops_every_rank(square_data, tmp_path):
+    # Without the check on the all-reduced loss, rank 0 would wait in DDP's gradient all-reduce for
+    # rank 1, which had stopped: only torchrun tearing the job down (or gloo's 30-minute timeout) ends it.
+    common = [*data_overrides(square_data), "train.max_iter=5", "train.batch_size=2", "train.checkpoint_period=1",
+              "data.test.ann_file=null"]
+    r = run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+             "tests/tools/nan_on_one_rank.py", tmp_path, *common], env={"OMP_NUM_THREADS": "1"}, timeout=180)
+    messages = [tmp_path / f"diverged_rank{rank}.txt" for rank in (0, 1)]
+    assert all(m.is_file() for m in messages), r.stdout[-2000:] + r.stderr[-3000:]
+    for m in messages:
+        text = m.read_text()
+        assert text.startswith("iteration 1: loss is not finite (mean over 2 processes)"), text
+        assert "'loss_box': nan" in text and text.endswith(f"last good checkpoint: {tmp_path / 'model_0000001.pth'}")
+    assert load_checkpoint(tmp_path / "model_0000001.pth")["iteration"] == 1
