@@ -19,7 +19,7 @@ from torch import nn
 
 from detect.models.backbones import Backbone
 from detect.models.external_proposals import forward_proposals
-from detect.models.faster_rcnn import ImageBatcher
+from detect.models.faster_rcnn import ImageBatcher, image_by_image
 from detect.models.roi_head import RoIHead
 
 
@@ -61,6 +61,11 @@ class FastRCNN(nn.Module):
     def forward(self, images: List[torch.Tensor], targets: Optional[List[Dict[str, torch.Tensor]]] = None,
                 proposals: Optional[List[torch.Tensor]] = None):
         proposals, sizes = forward_proposals(self, images, targets, proposals)
+        if image_by_image(self, images):  # selective search ran on the whole batch (in parallel)
+            seconds = self.last_proposal_seconds
+            out = [o for im, p in zip(images, proposals) for o in self.forward([im], proposals=[p])]
+            self.last_proposal_seconds = seconds
+            return out
         if not self.training and self.pyramid_scales:
             return self._pyramid_inference(images, proposals, sizes)
         batch, sizes = self.batcher(images)

@@ -188,6 +188,20 @@ def test_pyramid_inference_and_given_proposals(shapes_with_proposals):
         torch.testing.assert_close(got, pooled_levels, atol=1e-5, rtol=1e-4)
 
 
+def test_cpu_inference_runs_a_batch_image_by_image(shapes_with_proposals):
+    torch.manual_seed(0)
+    model = build_model(fast_config(shapes_with_proposals, "data.classes=[rectangle,ellipse,triangle]",
+                                    "model.roi_head.score_thresh=0.0")).eval()
+    images = [torch.rand(3, 64, 96), torch.rand(3, 40, 48)]
+    props = [torch.tensor([[0, 0, 96, 64], [10, 10, 40, 40]], dtype=torch.float32),
+             torch.tensor([[2, 2, 30, 30], [5, 5, 48, 40], [0, 0, 10, 10]], dtype=torch.float32)]
+    with torch.no_grad():
+        batch = model(images, proposals=props)
+        alone = [model([im], proposals=[p])[0] for im, p in zip(images, props)]
+    for a, b in zip(batch, alone):
+        assert len(a["boxes"]) > 0 and all(torch.equal(a[k], b[k]) for k in ("boxes", "scores", "labels"))
+
+
 def _pyramid_logits(model, image, props):
     captured = {}
     original = model.roi_head.classify

@@ -78,6 +78,22 @@ def test_inference_contract():
         model.train()([torch.rand(3, 32, 32)])
 
 
+def test_cpu_inference_runs_a_batch_image_by_image(monkeypatch):
+    # a batch pads the 50x40 image to 64x80 (its border features change); on the CPU each image runs alone
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("model.roi_head.score_thresh=0.0")).eval()
+    images = [torch.rand(3, 64, 80), torch.rand(3, 50, 40)]
+    shapes = []
+    original = model.backbone.forward
+    monkeypatch.setattr(model.backbone, "forward", lambda x: shapes.append(tuple(x.shape)) or original(x))
+    with torch.no_grad():
+        batch = model(images)
+        alone = [model([im])[0] for im in images]
+    assert shapes[:2] == [(1, 3, 64, 80), (1, 3, 64, 48)]  # padded to multiples of 16, each on its own
+    for a, b in zip(batch, alone):
+        assert len(a["boxes"]) > 0 and all(torch.equal(a[k], b[k]) for k in ("boxes", "scores", "labels"))
+
+
 @pytest.mark.parametrize("extra", [["model.backbone.fpn=true", "model.rpn.anchor_sizes=[]"],
                                    ["model.roi_head.pooler=align"],
                                    ["model.backbone.name=resnet18", "model.roi_head.box_head=res5",
