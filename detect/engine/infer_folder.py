@@ -24,7 +24,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 

@@ -1,7 +1,4 @@
-import math
-
 import numpy as np
-import pytest
 import torch
 
 from detect.ops import (box_area, box_iou, clip_boxes, clip_boxes_np, cxcywh_to_xyxy, nonempty_boxes,

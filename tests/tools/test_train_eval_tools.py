@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from detect.data import synthetic
 from detect.engine.checkpoint import load_checkpoint
