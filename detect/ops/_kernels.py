@@ -1,5 +1,5 @@
-"""CPU inference kernels for the two box operations that dominate Faster R-CNN outside its backbone
-(numba, single thread, float32).
+"""CPU kernels for the two box operations that dominate Faster R-CNN outside its backbone (numba,
+single thread, float32): NMS and RoI align at inference, RoI align's backward in training.
 
 Both reproduce torchvision's CPU operators bit for bit (same float32 expressions in the same order;
 tests hold them to it) and differ only in how the work is organised:
@@ -10,7 +10,8 @@ tests hold them to it) and differ only in how the work is organised:
   ``torchvision.ops.nms`` has no such limit and always finishes the whole list.
 - ``roi_align_nhwc`` reads a channels-last map, so the four bilinear neighbours of a sample point
   are four contiguous rows of C floats and the channel loop is vectorised; torchvision's CPU kernel
-  walks a channels-first map one scalar at a time.
+  walks a channels-first map one scalar at a time. ``roi_align_nhwc_backward`` does the same for the
+  gradient (torchvision's took ~10% of a ResNet-50-FPN training step here).
 """
 import numpy as np
 from numba import njit
@@ -123,3 +124,66 @@ def roi_align_nhwc(feature, rois, out, out_index, spatial_scale, sampling_ratio,
         for ch in range(channels):
             for q in range(pooled_h * pooled_w):
                 o[ch, q] = bins[q, ch]
+
+
+@njit(cache=True, nogil=True)
+def roi_align_nhwc_backward(grad_out, rois, grad_in, spatial_scale, sampling_ratio, aligned):
+    """Gradient of :func:`roi_align_nhwc`: adds into ``grad_in (B, H, W, C) float32`` what
+    ``grad_out (K, PH, PW, C) float32`` (channels last) sends back through each RoI's bilinear samples.
+
+    torchvision's CPU backward walks (RoI, channel, bin, sample) one scalar at a time; here the channel
+    loop is innermost. For any one channel the additions into a cell come in the same order
+    (RoI, bin, sample, corner) with the same float32 expressions, so the result is equal bit for bit.
+    """
+    height, width, channels = grad_in.shape[1], grad_in.shape[2], grad_in.shape[3]
+    pooled_h, pooled_w = grad_out.shape[1], grad_out.shape[2]
+    offset = _HALF if aligned else _ZERO
+    for k in range(rois.shape[0]):
+        g_in = grad_in[int(rois[k, 0])]
+        start_w = rois[k, 1] * spatial_scale - offset
+        start_h = rois[k, 2] * spatial_scale - offset
+        roi_w = rois[k, 3] * spatial_scale - offset - start_w
+        roi_h = rois[k, 4] * spatial_scale - offset - start_h
+        if not aligned:
+            roi_w = max(roi_w, _ONE)
+            roi_h = max(roi_h, _ONE)
+        bin_h = roi_h / np.float32(pooled_h)
+        bin_w = roi_w / np.float32(pooled_w)
+        grid_h = sampling_ratio if sampling_ratio > 0 else int(np.ceil(roi_h / np.float32(pooled_h)))
+        grid_w = sampling_ratio if sampling_ratio > 0 else int(np.ceil(roi_w / np.float32(pooled_w)))
+        count = np.float32(grid_h * grid_w)
+        for ph in range(pooled_h):
+            for pw in range(pooled_w):
+                g = grad_out[k, ph, pw]
+                for iy in range(grid_h):
+                    y = start_h + np.float32(ph) * bin_h + np.float32(iy + 0.5) * bin_h / np.float32(grid_h)
+                    for ix in range(grid_w):
+                        x = start_w + np.float32(pw) * bin_w + np.float32(ix + 0.5) * bin_w / np.float32(grid_w)
+                        if y < -1.0 or y > height or x < -1.0 or x > width:
+                            continue  # torchvision: zero weights, nothing added
+                        yy = max(y, _ZERO)
+                        xx = max(x, _ZERO)
+                        y_low = int(yy)
+                        x_low = int(xx)
+                        if y_low >= height - 1:
+                            y_low = y_high = height - 1
+                            yy = np.float32(y_low)
+                        else:
+                            y_high = y_low + 1
+                        if x_low >= width - 1:
+                            x_low = x_high = width - 1
+                            xx = np.float32(x_low)
+                        else:
+                            x_high = x_low + 1
+                        ly = yy - np.float32(y_low)
+                        lx = xx - np.float32(x_low)
+                        hy = _ONE - ly
+                        hx = _ONE - lx
+                        w1, w2, w3, w4 = hy * hx, hy * lx, ly * hx, ly * lx
+                        a, b, c, d = g_in[y_low, x_low], g_in[y_low, x_high], g_in[y_high, x_low], g_in[y_high, x_high]
+                        for ch in range(channels):
+                            v = g[ch]
+                            a[ch] += v * w1 / count
+                            b[ch] += v * w2 / count
+                            c[ch] += v * w3 / count
+                            d[ch] += v * w4 / count

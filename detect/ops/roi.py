@@ -1,7 +1,7 @@
 """RoI pooling from a feature map of known stride (Fast R-CNN's RoI max pool, or RoI align).
 
-The kernels are ``torchvision.ops.roi_pool`` / ``roi_align`` (RoI align at inference on CPU: an
-equivalent channels-last kernel of our own, see :mod:`detect.ops._kernels`); this module fixes the
+The kernels are ``torchvision.ops.roi_pool`` / ``roi_align`` (RoI align on float32 CPU maps: an
+equivalent channels-last kernel of our own and its backward, see :mod:`detect.ops._kernels`); this module fixes the
 conventions around them: boxes are xyxy in image pixels, the feature map's stride gives the spatial scale, and
 with several maps (FPN) each RoI is pooled from the level its size calls for (Lin et al. 2017, eq. 1).
 """
@@ -15,15 +15,18 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align, roi_pool
 
-from detect.ops._kernels import roi_align_nhwc
+from detect.ops._kernels import roi_align_nhwc, roi_align_nhwc_backward
 
 POOL_MODES = ("pool", "align")
 
 
-def _cpu_inference(features: List[torch.Tensor]) -> bool:
-    """True where the compiled CPU kernel applies: float32 CPU maps and no gradient wanted."""
-    return all(f.device.type == "cpu" and f.dtype == torch.float32 for f in features) and not (
-        torch.is_grad_enabled() and any(f.requires_grad for f in features))
+def _cpu_float32(features: List[torch.Tensor]) -> bool:
+    """True where the compiled CPU kernels apply: float32 maps on the CPU."""
+    return all(f.device.type == "cpu" and f.dtype == torch.float32 for f in features)
+
+
+def _wants_grad(features: List[torch.Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(f.requires_grad for f in features)
 
 
 def _roi_align_cpu(feature: torch.Tensor, rois: torch.Tensor, index: torch.Tensor, out: torch.Tensor,
@@ -33,6 +36,29 @@ def _roi_align_cpu(feature: torch.Tensor, rois: torch.Tensor, index: torch.Tenso
     nhwc = feature.detach().permute(0, 2, 3, 1).contiguous().numpy()
     roi_align_nhwc(nhwc, rois.detach().contiguous().numpy(), out.numpy(), index.numpy(), np.float32(1.0 / stride),
                    sampling_ratio, True)
+
+
+class _RoIAlignCPU(torch.autograd.Function):
+    """``torchvision.ops.roi_align(..., aligned=True)`` on a float32 CPU map with a gradient for the
+    map, both passes through the channels-last kernels (equal to torchvision's bit for bit)."""
+
+    @staticmethod
+    def forward(ctx, feature: torch.Tensor, rois: torch.Tensor, stride: int, sampling_ratio: int,
+                output_size: Tuple[int, int]) -> torch.Tensor:
+        out = feature.new_empty((rois.shape[0], feature.shape[1]) + tuple(output_size))
+        _roi_align_cpu(feature, rois, torch.arange(rois.shape[0]), out, stride, sampling_ratio)
+        ctx.save_for_backward(rois)
+        ctx.shape, ctx.stride, ctx.sampling_ratio = feature.shape, stride, sampling_ratio
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (rois,) = ctx.saved_tensors
+        b, c, h, w = ctx.shape
+        grad_in = grad.new_zeros((b, h, w, c))
+        roi_align_nhwc_backward(grad.permute(0, 2, 3, 1).contiguous().numpy(), rois.detach().contiguous().numpy(),
+                                grad_in.numpy(), np.float32(1.0 / ctx.stride), ctx.sampling_ratio, True)
+        return grad_in.permute(0, 3, 1, 2).contiguous(), None, None, None, None
 
 
 def assign_fpn_levels(boxes: torch.Tensor, min_level: int, max_level: int,
@@ -86,7 +112,7 @@ class RoIPooler(nn.Module):
         if len(features) != len(self.strides):
             raise ValueError(f"RoIPooler built for {len(self.strides)} feature maps, got {len(features)}")
         rois = self._to_rois(boxes, features[0])
-        fast = self.mode == "align" and _cpu_inference(features)
+        fast = self.mode == "align" and _cpu_float32(features) and not _wants_grad(features)  # in place
         if len(features) == 1 and not fast:
             return self._pool(features[0], rois, self.strides[0])
         levels = None if len(features) == 1 else assign_fpn_levels(rois[:, 1:], self.min_level, self.max_level)
@@ -110,5 +136,7 @@ class RoIPooler(nn.Module):
     def _pool(self, feature: torch.Tensor, rois: torch.Tensor, stride: int) -> torch.Tensor:
         if self.mode == "pool":
             return roi_pool(feature, rois, self.output_size, spatial_scale=1.0 / stride)
+        if _cpu_float32([feature]):
+            return _RoIAlignCPU.apply(feature, rois, stride, self.sampling_ratio, self.output_size)
         return roi_align(feature, rois, self.output_size, spatial_scale=1.0 / stride,
                          sampling_ratio=self.sampling_ratio, aligned=True)

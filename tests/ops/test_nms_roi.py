@@ -124,6 +124,38 @@ def test_cpu_roi_align_equals_torchvision_bit_for_bit(sampling_ratio):
         reference[idx] = torchvision.ops.roi_align(f, rois[idx], 7, spatial_scale=1.0 / stride,
                                                    sampling_ratio=sampling_ratio, aligned=True)
     assert torch.equal(ours, reference)
-    # with gradients wanted the pooler is torchvision's (the kernel has no backward): same values
-    features[0].requires_grad_(True)
-    assert torch.equal(pooler(features, boxes), reference)
+
+    # training: the same values, and the gradient of the maps equal to torchvision's backward
+    ours_in = [f.clone().requires_grad_(True) for f in features]
+    theirs_in = [f.clone().requires_grad_(True) for f in features]
+    pooled = pooler(ours_in, boxes)
+    assert torch.equal(pooled.detach(), reference)
+    weight = torch.randn(pooled.shape, generator=g)
+    (pooled * weight).sum().backward()
+    theirs = torch.empty_like(ours)
+    for level, (f, stride) in enumerate(zip(theirs_in, [16, 32])):
+        idx = levels == level
+        theirs[idx] = torchvision.ops.roi_align(f, rois[idx], 7, spatial_scale=1.0 / stride,
+                                                sampling_ratio=sampling_ratio, aligned=True)
+    (theirs * weight).sum().backward()
+    for a, b in zip(ours_in, theirs_in):
+        assert a.grad.abs().sum() > 0 and torch.equal(a.grad, b.grad)
+
+
+def test_cpu_roi_align_backward_with_one_map_and_border_samples():
+    import torchvision
+
+    g = torch.Generator().manual_seed(5)
+    feature = torch.randn(1, 4, 6, 7, generator=g)
+    # samples on the last row / column (neighbours collapse onto one cell) and outside the map
+    boxes = [torch.tensor([[0.0, 0.0, 28.0, 24.0], [20.0, 16.0, 40.0, 40.0], [-30.0, -30.0, 10.0, 10.0],
+                           [3.0, 2.0, 3.5, 2.25]])]
+    pooler = RoIPooler((3, 2), strides=[4], mode="align", sampling_ratio=0)
+    ours_in, theirs_in = feature.clone().requires_grad_(True), feature.clone().requires_grad_(True)
+    pooled = pooler([ours_in], boxes)
+    assert type(pooled.grad_fn).__name__ == "_RoIAlignCPUBackward"  # the channels-last kernels, not torchvision's
+    pooled.pow(2).sum().backward()
+    rois = torch.cat([torch.zeros(4, 1), boxes[0]], 1)
+    torchvision.ops.roi_align(theirs_in, rois, (3, 2), 0.25, 0, True).pow(2).sum().backward()
+    assert torch.equal(ours_in.grad, theirs_in.grad)
+    assert ours_in.grad[0, :, 5, 6].abs().sum() > 0  # the bottom-right cell received its share
