@@ -169,6 +169,26 @@ def _finish_image(info: Dict[str, Any], det: Dict[str, Any], keep: Optional[set]
     _atomic_write(_safe_child(results_dir, f"{rel}.json"), json.dumps(record))
 
 
+def _coco_rows(image_id: int, boxes, scores, labels, class_names: Sequence[str], counts: Counter) -> List[Dict[str, Any]]:
+    """COCO result rows (bbox xywh) for one image's xyxy detections; ``counts`` gains them per class."""
+    rows = []
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    for box, score, label in zip(xyxy_to_xywh(boxes).tolist(), np.asarray(scores).tolist(), np.asarray(labels).tolist()):
+        rows.append({"image_id": image_id, "category_id": int(label), "bbox": [round(v, 2) for v in box],
+                     "score": float(score)})
+        counts[class_names[int(label) - 1]] += 1
+    return rows
+
+
+def _write_coco(output: Path, images: List[Dict[str, Any]], detections: List[Dict[str, Any]],
+                class_names: Sequence[str], counts: Counter) -> Dict[str, Any]:
+    """``detections.json`` and ``images.json`` (COCO results and image list); the summary's counts."""
+    categories = [{"id": i + 1, "name": n} for i, n in enumerate(class_names)]
+    _atomic_write(output / "detections.json", json.dumps(detections))
+    _atomic_write(output / "images.json", json.dumps({"images": images, "categories": categories, "annotations": []}))
+    return {"images": len(images), "detections": len(detections), "per_class": {n: counts.get(n, 0) for n in class_names}}
+
+
 def _write_outputs(output: Path, results_dir: Path, rel: List[str], files: List[Path], class_names: Sequence[str],
                    skipped: List[Dict[str, str]]) -> Dict[str, Any]:
     images, detections, counts = [], [], Counter()
@@ -178,17 +198,9 @@ def _write_outputs(output: Path, results_dir: Path, rel: List[str], files: List[
             continue
         rec = json.loads(result_file.read_text())
         images.append({"id": image_id, "file_name": r, "path": str(f), "width": rec["width"], "height": rec["height"]})
-        boxes = np.asarray(rec["boxes"], np.float64).reshape(-1, 4)
-        for box, score, label in zip(xyxy_to_xywh(boxes).tolist(), rec["scores"], rec["labels"]):
-            detections.append({"image_id": image_id, "category_id": int(label), "bbox": [round(v, 2) for v in box],
-                               "score": float(score)})
-            counts[class_names[int(label) - 1]] += 1
-    categories = [{"id": i + 1, "name": n} for i, n in enumerate(class_names)]
-    _atomic_write(output / "detections.json", json.dumps(detections))
-    _atomic_write(output / "images.json", json.dumps({"images": images, "categories": categories, "annotations": []}))
+        detections += _coco_rows(image_id, rec["boxes"], rec["scores"], rec["labels"], class_names, counts)
     _atomic_write(output / "skipped.json", json.dumps(skipped, indent=1))
-    return {"images": len(images), "detections": len(detections), "per_class": {n: counts.get(n, 0) for n in class_names},
-            "skipped": skipped}
+    return {**_write_coco(output, images, detections, class_names, counts), "skipped": skipped}
 
 
 def format_summary(summary: Dict[str, Any]) -> str:
@@ -235,10 +247,8 @@ def run_video(predictor: Predictor, video: Path, output: Path, every: int = 1, b
             image_id = len(images) + 1
             images.append({"id": image_id, "file_name": f"{video.name}#frame={number}", "path": str(video),
                            "frame": number, "width": frame.shape[1], "height": frame.shape[0]})
-            for box, score, label in zip(xyxy_to_xywh(det["boxes"][sel].astype(np.float64)).tolist(),
-                                         det["scores"][sel].tolist(), det["labels"][sel].tolist()):
-                detections.append({"image_id": image_id, "category_id": int(label), "bbox": box, "score": float(score)})
-                counts[predictor.class_names[int(label) - 1]] += 1
+            detections.extend(_coco_rows(image_id, det["boxes"][sel], det["scores"][sel], det["labels"][sel],
+                                         predictor.class_names, counts))
         pending.clear()
 
     while True:
@@ -259,10 +269,7 @@ def run_video(predictor: Predictor, video: Path, output: Path, every: int = 1, b
         writer.release()
     if not images:
         raise DatasetError(f"{video}: no frame could be decoded")
-    categories = [{"id": i + 1, "name": n} for i, n in enumerate(predictor.class_names)]
-    _atomic_write(output / "detections.json", json.dumps(detections))
-    _atomic_write(output / "images.json", json.dumps({"images": images, "categories": categories, "annotations": []}))
+    summary = _write_coco(output, images, detections, predictor.class_names, counts)
     elapsed = time.perf_counter() - start
-    return {"images": len(images), "detections": len(detections), "processed": len(images), "already_done": 0,
-            "per_class": {n: counts.get(n, 0) for n in predictor.class_names}, "skipped": [],
+    return {**summary, "processed": len(images), "already_done": 0, "skipped": [],
             "seconds": elapsed, "images_per_s": len(images) / max(elapsed, 1e-9)}

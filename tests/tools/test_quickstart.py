@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,14 @@ def test_quickstart_trains_evaluates_and_annotates_a_folder(tmp_path):
     gt = COCO(str(run / "infer" / "images.json"))
     assert len(gt.getImgIds()) == 4
     detections = json.loads((run / "infer" / "detections.json").read_text())
+    assert all(d["score"] >= 0.5 for d in detections)
+    # the printed summary counts what detections.json holds, per class (after 12 seconds of training
+    # the count may be zero: the numbers must agree either way)
+    summary = r.stdout[r.stdout.index("[4/4] inference"):]
+    assert f"4 images with results (4 processed now, 0 already done), {len(detections)} detections" in summary
+    names = {c["id"]: c["name"] for c in gt.loadCats(gt.getCatIds())}
+    for cat_id, name in names.items():
+        count = sum(d["category_id"] == cat_id for d in detections)
+        assert re.search(rf"^  {name} +{count}$", summary, re.M), (name, count, summary)
     if detections:
-        gt.loadRes(str(run / "infer" / "detections.json"))
-        assert all(d["score"] >= 0.5 for d in detections)
-    assert "[4/4] inference" in r.stdout
+        gt.loadRes(str(run / "infer" / "detections.json"))  # valid COCO results for these images
