@@ -1,9 +1,10 @@
 """Faster R-CNN: backbone -> RPN -> RoI head (Ren et al. 2015).
 
-The model takes a list of ``3xHxW`` float images in ``[0, 1]`` (any sizes; it normalises and pads
-them into one batch but never resizes; at CPU inference it runs them one at a time) and, when training, a list of targets with ``boxes`` (xyxy
-pixels), ``labels`` (1..C) and optionally ``ignore``. It returns the losses when training and, at
-inference, one dict per image with ``boxes``, ``scores`` and ``labels`` in that image's pixels.
+The model takes a list of ``3xHxW`` float images in ``[0, 1]`` (any sizes; it normalises and pads them
+into one batch but never resizes; at CPU inference it runs them one at a time) and, when training, a
+list of targets with ``boxes`` (xyxy pixels), ``labels`` (1..C) and optionally ``ignore``. It returns
+the losses when training and, at inference, one dict per image with ``boxes``, ``scores`` and ``labels``
+in that image's pixels.
 """
 from __future__ import annotations
 

@@ -49,8 +49,8 @@ class Conv3x3(nn.Conv2d):
                     return torch._nnpack_spatial_convolution(x, self.weight, self.bias, list(self.padding))
                 # an image at a time: with a batch, PyTorch calls NNPACK's batch (training) routine,
                 # 2.7x slower per image here than its single-image inference routine
-                return torch.cat([torch._nnpack_spatial_convolution(x[i:i + 1], self.weight, self.bias, list(self.padding))
-                                  for i in range(x.shape[0])])
+                return torch.cat([torch._nnpack_spatial_convolution(x[i:i + 1], self.weight, self.bias,
+                                                                    list(self.padding)) for i in range(x.shape[0])])
             except RuntimeError as err:  # never fail a forward pass over it: oneDNN from now on
                 logger.warning("NNPACK convolution failed (%s); using PyTorch's default from now on", err)
                 _state["available"] = False

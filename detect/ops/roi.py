@@ -1,9 +1,10 @@
 """RoI pooling from a feature map of known stride (Fast R-CNN's RoI max pool, or RoI align).
 
 The kernels are ``torchvision.ops.roi_pool`` / ``roi_align`` (RoI align on float32 CPU maps: an
-equivalent channels-last kernel of our own and its backward, see :mod:`detect.ops._kernels`); this module fixes the
-conventions around them: boxes are xyxy in image pixels, the feature map's stride gives the spatial scale, and
-with several maps (FPN) each RoI is pooled from the level its size calls for (Lin et al. 2017, eq. 1).
+equivalent channels-last kernel of our own and its backward, see :mod:`detect.ops._kernels`); this
+module fixes the conventions around them: boxes are xyxy in image pixels, the feature map's stride gives
+the spatial scale, and with several maps (FPN) each RoI is pooled from the level its size calls for (Lin
+et al. 2017, eq. 1).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def _wants_grad(features: List[torch.Tensor]) -> bool:
 def _roi_align_cpu(feature: torch.Tensor, rois: torch.Tensor, index: torch.Tensor, out: torch.Tensor,
                    stride: int, sampling_ratio: int) -> None:
     """``out[index] = torchvision.ops.roi_align(feature, rois, ..., aligned=True)``, equal to it bit for
-    bit, through the channels-last kernel in :mod:`detect.ops._kernels` (3-4x faster on CPU; no backward)."""
+    bit, through the channels-last kernel in :mod:`detect.ops._kernels` (3-4x faster on CPU)."""
     nhwc = feature.detach().permute(0, 2, 3, 1).contiguous().numpy()
     roi_align_nhwc(nhwc, rois.detach().contiguous().numpy(), out.numpy(), index.numpy(), np.float32(1.0 / stride),
                    sampling_ratio, True)
