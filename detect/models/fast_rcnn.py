@@ -80,7 +80,7 @@ class FastRCNN(nn.Module):
         area = (rois[:, 2] - rois[:, 0]) * (rois[:, 3] - rois[:, 1])
         level = (area[:, None] * scales[None] ** 2 - self.pyramid_roi_size ** 2).abs().argmin(dim=1)
         owner = torch.cat([torch.full((len(p),), i, device=rois.device) for i, p in enumerate(proposals)])
-        pooled = None
+        class_logits = box_deltas = None
         for s_index, scale in enumerate(self.pyramid_scales):
             chosen = torch.nonzero(level == s_index).flatten()
             if chosen.numel() == 0:
@@ -90,9 +90,12 @@ class FastRCNN(nn.Module):
             batch, _ = self.batcher(scaled)
             features = self.backbone(batch)
             groups = [chosen[owner[chosen] == i] for i in range(len(images))]  # this scale's RoIs per image
-            part = self.roi_head.pool(features, [rois[g] * scale for g in groups])
-            if pooled is None:
-                pooled = part.new_zeros((len(rois),) + tuple(part.shape[1:]))
-            pooled[torch.cat(groups)] = part
-        class_logits, box_deltas = self.roi_head.classify(pooled)
+            # pooled and classified in chunks (RoIHead.predict): 2000 VGG16 RoIs pooled at once are 200 MB
+            logits, deltas = self.roi_head.predict(features, [rois[g] * scale for g in groups])
+            if class_logits is None:  # every RoI has a scale, so every row is written
+                class_logits = logits.new_empty((len(rois), logits.shape[1]))
+                box_deltas = deltas.new_empty((len(rois), deltas.shape[1]))
+            order = torch.cat(groups)
+            class_logits[order] = logits
+            box_deltas[order] = deltas
         return self.roi_head.postprocess(class_logits, box_deltas, proposals, sizes)

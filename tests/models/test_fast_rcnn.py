@@ -163,7 +163,7 @@ def _iou_xywh(a, b):
     return inter / (a[2] * a[3] + b[2] * b[3] - inter)
 
 
-def test_pyramid_inference_and_given_proposals(shapes_with_proposals):
+def test_pyramid_inference_and_given_proposals(shapes_with_proposals, monkeypatch):
     cfg = fast_config(shapes_with_proposals, "data.classes=[rectangle,ellipse,triangle]",
                       "model.fast_rcnn.pyramid_scales=[0.5,1.0,2.0]", "model.fast_rcnn.pyramid_roi_size=32")
     model = build_model(cfg).eval()
@@ -186,6 +186,21 @@ def test_pyramid_inference_and_given_proposals(shapes_with_proposals):
         pooled_levels = torch.cat([low[0], mid[0]])
         got = torch.cat([_pyramid_logits(model, image, props)[i:i + 1] for i in (0, 2)])
         torch.testing.assert_close(got, pooled_levels, atol=1e-5, rtol=1e-4)
+        # classified one RoI at a time (RoIHead.predict's chunks), each back in its row
+        import detect.models.roi_head as roi_head
+
+        many = torch.cat([props, props + 2.0, props * 0.9])  # several RoIs at each scale
+        area = (many[:, 2] - many[:, 0]) * (many[:, 3] - many[:, 1])
+        level = (area[:, None] * torch.tensor([0.25, 1.0, 4.0]) - 32 ** 2).abs().argmin(1)
+        assert sorted(level.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+        expected = []
+        for roi, lv in zip(many, level.tolist()):
+            scale = [0.5, 1.0, 2.0][lv]
+            scaled = torch.nn.functional.interpolate(image[None], scale_factor=scale, mode="bilinear",
+                                                     align_corners=False)[0] if scale != 1.0 else image
+            expected.append(single.roi_head.predict(single.backbone(single.batcher([scaled])[0]), [roi[None] * scale])[0])
+        monkeypatch.setattr(roi_head, "PREDICT_CHUNK_BYTES", 1)
+        torch.testing.assert_close(_pyramid_logits(model, image, many), torch.cat(expected), atol=1e-5, rtol=1e-4)
 
 
 def test_cpu_inference_runs_a_batch_image_by_image(shapes_with_proposals):
@@ -204,17 +219,17 @@ def test_cpu_inference_runs_a_batch_image_by_image(shapes_with_proposals):
 
 def _pyramid_logits(model, image, props):
     captured = {}
-    original = model.roi_head.classify
+    original = model.roi_head.postprocess
 
-    def spy(pooled):
-        captured["logits"] = original(pooled)[0]
-        return original(pooled)
+    def spy(class_logits, *args):
+        captured["logits"] = class_logits
+        return original(class_logits, *args)
 
-    model.roi_head.classify = spy
+    model.roi_head.postprocess = spy
     try:
         model([image], proposals=[props])
     finally:
-        model.roi_head.classify = original
+        model.roi_head.postprocess = original
     return captured["logits"]
 
 
