@@ -198,7 +198,8 @@ def test_pyramid_inference_and_given_proposals(shapes_with_proposals, monkeypatc
             scale = [0.5, 1.0, 2.0][lv]
             scaled = torch.nn.functional.interpolate(image[None], scale_factor=scale, mode="bilinear",
                                                      align_corners=False)[0] if scale != 1.0 else image
-            expected.append(single.roi_head.predict(single.backbone(single.batcher([scaled])[0]), [roi[None] * scale])[0])
+            features = single.backbone(single.batcher([scaled])[0])
+            expected.append(single.roi_head.predict(features, [roi[None] * scale])[0])
         monkeypatch.setattr(roi_head, "PREDICT_CHUNK_BYTES", 1)
         torch.testing.assert_close(_pyramid_logits(model, image, many), torch.cat(expected), atol=1e-5, rtol=1e-4)
 
