@@ -56,6 +56,60 @@ def greedy_nms(boxes, order, labels, iou_threshold, max_keep):
     return keep[:kept]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _roi_grid(roi, spatial_scale, aligned, pooled_h, pooled_w, sampling_ratio):
+    """One RoI's start corner on the map, bin sizes and samples per bin side, as torchvision computes them."""
+    offset = _HALF if aligned else _ZERO
+    start_w = roi[1] * spatial_scale - offset
+    start_h = roi[2] * spatial_scale - offset
+    roi_w = roi[3] * spatial_scale - offset - start_w
+    roi_h = roi[4] * spatial_scale - offset - start_h
+    if not aligned:
+        roi_w = max(roi_w, _ONE)
+        roi_h = max(roi_h, _ONE)
+    bin_h = roi_h / np.float32(pooled_h)
+    bin_w = roi_w / np.float32(pooled_w)
+    grid_h = sampling_ratio if sampling_ratio > 0 else int(np.ceil(roi_h / np.float32(pooled_h)))
+    grid_w = sampling_ratio if sampling_ratio > 0 else int(np.ceil(roi_w / np.float32(pooled_w)))
+    return start_h, start_w, bin_h, bin_w, grid_h, grid_w
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _sample_point(start, bin_size, index, sub, grid):
+    """Coordinate of sample ``sub`` of ``grid`` in bin ``index`` (torchvision's float32 expression)."""
+    return start + np.float32(index) * bin_size + np.float32(sub + 0.5) * bin_size / np.float32(grid)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _bilinear(y, x, height, width):
+    """torchvision's bilinear corners and weights of point ``(y, x)`` on a ``height x width`` map.
+
+    Returns ``(inside, y_low, y_high, x_low, x_high, w1, w2, w3, w4)``; a point outside
+    ``[-1, size]`` on either axis is not inside and contributes nothing.
+    """
+    if y < -1.0 or y > height or x < -1.0 or x > width:
+        return False, 0, 0, 0, 0, _ZERO, _ZERO, _ZERO, _ZERO
+    yy = max(y, _ZERO)
+    xx = max(x, _ZERO)
+    y_low = int(yy)
+    x_low = int(xx)
+    if y_low >= height - 1:
+        y_low = y_high = height - 1
+        yy = np.float32(y_low)
+    else:
+        y_high = y_low + 1
+    if x_low >= width - 1:
+        x_low = x_high = width - 1
+        xx = np.float32(x_low)
+    else:
+        x_high = x_low + 1
+    ly = yy - np.float32(y_low)
+    lx = xx - np.float32(x_low)
+    hy = _ONE - ly
+    hx = _ONE - lx
+    return True, y_low, y_high, x_low, x_high, hy * hx, hy * lx, ly * hx, ly * lx
+
+
 @njit(cache=True, nogil=True)
 def roi_align_nhwc(feature, rois, out, out_index, spatial_scale, sampling_ratio, aligned):
     """RoI align of ``rois (K, 5) float32`` (batch index, x1, y1, x2, y2 in image pixels) from
@@ -68,21 +122,11 @@ def roi_align_nhwc(feature, rois, out, out_index, spatial_scale, sampling_ratio,
     """
     height, width, channels = feature.shape[1], feature.shape[2], feature.shape[3]
     pooled_h, pooled_w = out.shape[2], out.shape[3]
-    offset = _HALF if aligned else _ZERO
     bins = np.empty((pooled_h * pooled_w, channels), np.float32)  # one RoI, channels last
     for k in range(rois.shape[0]):
         f = feature[int(rois[k, 0])]
-        start_w = rois[k, 1] * spatial_scale - offset
-        start_h = rois[k, 2] * spatial_scale - offset
-        roi_w = rois[k, 3] * spatial_scale - offset - start_w
-        roi_h = rois[k, 4] * spatial_scale - offset - start_h
-        if not aligned:
-            roi_w = max(roi_w, _ONE)
-            roi_h = max(roi_h, _ONE)
-        bin_h = roi_h / np.float32(pooled_h)
-        bin_w = roi_w / np.float32(pooled_w)
-        grid_h = sampling_ratio if sampling_ratio > 0 else int(np.ceil(roi_h / np.float32(pooled_h)))
-        grid_w = sampling_ratio if sampling_ratio > 0 else int(np.ceil(roi_w / np.float32(pooled_w)))
+        start_h, start_w, bin_h, bin_w, grid_h, grid_w = _roi_grid(rois[k], spatial_scale, aligned, pooled_h,
+                                                                   pooled_w, sampling_ratio)
         count = np.float32(max(grid_h * grid_w, 1))
         r = out_index[k]
         for ph in range(pooled_h):
@@ -90,30 +134,12 @@ def roi_align_nhwc(feature, rois, out, out_index, spatial_scale, sampling_ratio,
                 acc = bins[ph * pooled_w + pw]
                 acc[:] = _ZERO
                 for iy in range(grid_h):
-                    y = start_h + np.float32(ph) * bin_h + np.float32(iy + 0.5) * bin_h / np.float32(grid_h)
+                    y = _sample_point(start_h, bin_h, ph, iy, grid_h)
                     for ix in range(grid_w):
-                        x = start_w + np.float32(pw) * bin_w + np.float32(ix + 0.5) * bin_w / np.float32(grid_w)
-                        if y < -1.0 or y > height or x < -1.0 or x > width:
+                        x = _sample_point(start_w, bin_w, pw, ix, grid_w)
+                        inside, y_low, y_high, x_low, x_high, w1, w2, w3, w4 = _bilinear(y, x, height, width)
+                        if not inside:
                             continue  # torchvision adds zero-weighted terms here
-                        yy = max(y, _ZERO)
-                        xx = max(x, _ZERO)
-                        y_low = int(yy)
-                        x_low = int(xx)
-                        if y_low >= height - 1:
-                            y_low = y_high = height - 1
-                            yy = np.float32(y_low)
-                        else:
-                            y_high = y_low + 1
-                        if x_low >= width - 1:
-                            x_low = x_high = width - 1
-                            xx = np.float32(x_low)
-                        else:
-                            x_high = x_low + 1
-                        ly = yy - np.float32(y_low)
-                        lx = xx - np.float32(x_low)
-                        hy = _ONE - ly
-                        hx = _ONE - lx
-                        w1, w2, w3, w4 = hy * hx, hy * lx, ly * hx, ly * lx
                         a, b, c, d = f[y_low, x_low], f[y_low, x_high], f[y_high, x_low], f[y_high, x_high]
                         for ch in range(channels):
                             acc[ch] += w1 * a[ch] + w2 * b[ch] + w3 * c[ch] + w4 * d[ch]
@@ -137,49 +163,21 @@ def roi_align_nhwc_backward(grad_out, rois, grad_in, spatial_scale, sampling_rat
     """
     height, width, channels = grad_in.shape[1], grad_in.shape[2], grad_in.shape[3]
     pooled_h, pooled_w = grad_out.shape[1], grad_out.shape[2]
-    offset = _HALF if aligned else _ZERO
     for k in range(rois.shape[0]):
         g_in = grad_in[int(rois[k, 0])]
-        start_w = rois[k, 1] * spatial_scale - offset
-        start_h = rois[k, 2] * spatial_scale - offset
-        roi_w = rois[k, 3] * spatial_scale - offset - start_w
-        roi_h = rois[k, 4] * spatial_scale - offset - start_h
-        if not aligned:
-            roi_w = max(roi_w, _ONE)
-            roi_h = max(roi_h, _ONE)
-        bin_h = roi_h / np.float32(pooled_h)
-        bin_w = roi_w / np.float32(pooled_w)
-        grid_h = sampling_ratio if sampling_ratio > 0 else int(np.ceil(roi_h / np.float32(pooled_h)))
-        grid_w = sampling_ratio if sampling_ratio > 0 else int(np.ceil(roi_w / np.float32(pooled_w)))
+        start_h, start_w, bin_h, bin_w, grid_h, grid_w = _roi_grid(rois[k], spatial_scale, aligned, pooled_h,
+                                                                   pooled_w, sampling_ratio)
         count = np.float32(grid_h * grid_w)
         for ph in range(pooled_h):
             for pw in range(pooled_w):
                 g = grad_out[k, ph, pw]
                 for iy in range(grid_h):
-                    y = start_h + np.float32(ph) * bin_h + np.float32(iy + 0.5) * bin_h / np.float32(grid_h)
+                    y = _sample_point(start_h, bin_h, ph, iy, grid_h)
                     for ix in range(grid_w):
-                        x = start_w + np.float32(pw) * bin_w + np.float32(ix + 0.5) * bin_w / np.float32(grid_w)
-                        if y < -1.0 or y > height or x < -1.0 or x > width:
+                        x = _sample_point(start_w, bin_w, pw, ix, grid_w)
+                        inside, y_low, y_high, x_low, x_high, w1, w2, w3, w4 = _bilinear(y, x, height, width)
+                        if not inside:
                             continue  # torchvision: zero weights, nothing added
-                        yy = max(y, _ZERO)
-                        xx = max(x, _ZERO)
-                        y_low = int(yy)
-                        x_low = int(xx)
-                        if y_low >= height - 1:
-                            y_low = y_high = height - 1
-                            yy = np.float32(y_low)
-                        else:
-                            y_high = y_low + 1
-                        if x_low >= width - 1:
-                            x_low = x_high = width - 1
-                            xx = np.float32(x_low)
-                        else:
-                            x_high = x_low + 1
-                        ly = yy - np.float32(y_low)
-                        lx = xx - np.float32(x_low)
-                        hy = _ONE - ly
-                        hx = _ONE - lx
-                        w1, w2, w3, w4 = hy * hx, hy * lx, ly * hx, ly * lx
                         a, b, c, d = g_in[y_low, x_low], g_in[y_low, x_high], g_in[y_high, x_low], g_in[y_high, x_high]
                         for ch in range(channels):
                             v = g[ch]
