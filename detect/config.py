@@ -41,13 +41,15 @@ DEFAULTS: Dict[str, Any] = {
             "pretrained": None,    # torchvision weights name ("DEFAULT", "IMAGENET1K_V1"), a local file, or null
             "fpn": False,
             "fpn_channels": 256,
+            "fpn_strides": [],     # strides of the stages the FPN reads; empty: the backbone's default
             "norm": "auto",        # frozen_bn | bn | gn; auto: frozen_bn with pretrained weights, else gn
             "freeze_at": -1,       # stages without gradients; -1: 2 with pretrained weights, else 0
         },
         "weights": None,           # a detection checkpoint to start from (transfer learning)
         "rpn": {
-            "anchor_sizes": [],    # one list per level; empty: [32..512] on one map, 8 x stride per FPN level
-            "aspect_ratios": [0.5, 1.0, 2.0],
+            "anchor_sizes": [],    # one list per level; empty: [32..512] on one map, 8 x stride per FPN level;
+            "aspect_ratios": [0.5, 1.0, 2.0],  # auto: fitted to the training boxes when training starts
+            "sizes_per_level": 0,  # auto sizes per level; 0: as many as the defaults (1 per FPN level, 5 on one map)
             "fg_iou": 0.7,
             "bg_iou": 0.3,
             "batch_size_per_image": 256,
@@ -111,6 +113,7 @@ DEFAULTS: Dict[str, Any] = {
         "max_size": 1000,          # cap on the long side
         "flip_prob": 0.5,
         "color_jitter": 0.0,
+        "crop_prob": 0.0,          # random crop keeping every box whole, before the resize (zooms in)
     },
     "data": {
         "train": _dataset_defaults(),
@@ -132,6 +135,7 @@ DEFAULTS: Dict[str, Any] = {
         "warmup_iters": 100,
         "warmup_factor": 0.001,
         "grad_clip": 10.0,         # max gradient norm; 0 disables
+        "ema": 0.0,                # decay of a moving average of the weights that is evaluated and saved; 0: off
         "amp": True,               # mixed precision on CUDA (ignored on CPU)
         "eval_period": 0,          # 0: only at the end
         "checkpoint_period": 500,
@@ -151,13 +155,18 @@ _TYPES: Dict[str, Tuple[type, ...]] = {
     "data.category_map": (dict,),
     "model.backbone.pretrained": (str, type(None)),
     "model.weights": (str, type(None)),
+    "model.rpn.anchor_sizes": (list, str),
+    "model.rpn.aspect_ratios": (list, str),
 }
-_LIST_ITEMS: Dict[str, type] = {"input.min_size": int, "data.classes": str, "model.rpn.anchor_sizes": list,
+_LIST_ITEMS: Dict[str, type] = {"input.min_size": int, "model.backbone.fpn_strides": int, "data.classes": str,
+                                 "model.rpn.anchor_sizes": list,
                                  "model.rpn.aspect_ratios": float, "model.roi_head.bbox_reg_weights": float,
                                  "train.steps": float, "model.roi_head.svd_ranks": int,
                                  "model.fast_rcnn.pyramid_scales": float}
 _CHOICES: Dict[str, Sequence[str]] = {
     "model.type": ("faster_rcnn", "fast_rcnn", "rcnn"),
+    "model.rpn.anchor_sizes": ("auto",),   # or a list
+    "model.rpn.aspect_ratios": ("auto",),  # or a list
     "model.rcnn.feature_dtype": ("float16", "float32"),
     "model.proposals.mode": ("single", "fast", "quality"),
     "train.lr_schedule": ("step", "cosine"),
@@ -329,8 +338,9 @@ def _check_value(key: str, value: Any, default: Any, source: str) -> Any:
     item_type = _LIST_ITEMS.get(key)
     if isinstance(value, list) and item_type and not all(_is_instance(v, item_type) for v in value):
         raise ConfigError(f"{source}: {key!r} must be a list of {_TYPE_NAMES[item_type]}s, got {value!r}")
-    if key in _CHOICES and value not in _CHOICES[key]:
-        raise ConfigError(f"{source}: {key!r} must be one of {list(_CHOICES[key])}, got {value!r}")
+    if key in _CHOICES and not isinstance(value, list) and value not in _CHOICES[key]:
+        also = " or a list" if list in allowed else ""
+        raise ConfigError(f"{source}: {key!r} must be one of {list(_CHOICES[key])}{also}, got {value!r}")
     if isinstance(value, int) and not isinstance(value, bool) and float in allowed:
         value = float(value)
     return copy.deepcopy(value)

@@ -5,6 +5,7 @@
   python tools/dataset.py stats   --format voc --root datasets/BCCD --split trainval [--json stats.json]
   python tools/dataset.py convert --format voc --root datasets/BCCD --split test --out bccd_test.json
   python tools/dataset.py show    --format coco --ann-file a.json --img-dir images --num 16 --out show/
+  python tools/dataset.py anchors --config configs/faster_rcnn/custom.yaml [--json anchors.json] [key=value ...]
 
 The dataset comes from a config's ``data.<subset>`` section, or directly from --format and its paths.
 """
@@ -81,6 +82,32 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_anchors(args) -> int:
+    from detect.data.stats import boxes_at_training_scale
+    from detect.data.transforms import build_transforms
+    from detect.models.anchor_fit import fit_config_anchors, format_anchor_report
+
+    if args.config is None:
+        raise SystemExit("error: anchors needs --config (the backbone's strides and the training resize come from it)")
+    logging.getLogger("detect").setLevel(logging.ERROR)
+    cfg = load_config(args.config, list(args.overrides))
+    if cfg.model.type != "faster_rcnn":
+        raise SystemExit(f"error: {args.config} is a {cfg.model.type} config; only Faster R-CNN has anchors")
+    dataset = load_dataset(args)
+    boxes, labels = boxes_at_training_scale(dataset, build_transforms(cfg, train=True))
+    fit = fit_config_anchors(cfg, boxes, labels, dataset.class_names)
+    b = cfg.model.backbone
+    print(f"== anchors for {dataset.description}: {b.name}{' + FPN' if b.fpn else ''}, training resize "
+          f"min_size={cfg.input.min_size} max_size={cfg.input.max_size}\n")
+    print(format_anchor_report(fit["reports"]))
+    print(f"\nfitted anchors as overrides (model.rpn.anchor_sizes=auto does the same when training starts):\n"
+          f"  model.rpn.anchor_sizes={json.dumps(fit['sizes'])} model.rpn.aspect_ratios={json.dumps(fit['ratios'])}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(fit, indent=2))
+        print(f"\nwrote {args.json}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -97,6 +124,10 @@ def main(argv=None) -> int:
     p.add_argument("--num", type=int, default=16)
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_show)
+    p = sub.add_parser("anchors", help="fit anchors to the training boxes; best possible recall of current and fitted")
+    add_source_args(p)
+    p.add_argument("--json", help="also write the fit and both reports as json")
+    p.set_defaults(func=cmd_anchors)
     args = parser.parse_args(argv)
     setup_logging()
     return args.func(args)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
@@ -44,6 +44,21 @@ def dataset_stats(dataset: DetectionDataset) -> Dict[str, Any]:
         "problems": [{"file": p.file, "object": p.obj, "kind": p.kind, "message": p.message}
                      for p in dataset.problems],
     }
+
+
+def boxes_at_training_scale(dataset: DetectionDataset, transform) -> Tuple[np.ndarray, np.ndarray]:
+    """Every non-ignored box ``(N, 4)`` xyxy as the model sees it in training, with its label ``(N,)``:
+    scaled by each factor ``transform.possible_scales(h, w)`` can apply (one copy per scale with
+    multi-scale training). From the annotations alone."""
+    boxes, labels = [], []
+    for record in dataset.records:
+        keep = ~record.ignore
+        for scale in transform.possible_scales(record.height, record.width):
+            boxes.append(record.boxes[keep] * np.float32(scale))
+            labels.append(record.labels[keep])
+    if not boxes:
+        return np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
+    return np.concatenate(boxes).reshape(-1, 4), np.concatenate(labels)
 
 
 def format_stats(stats: Dict[str, Any], title: str = "", bar_width: int = 40) -> str:

@@ -34,8 +34,14 @@ class ResizeShortestEdge(MaxSizeTransform):
     def get_params_dependent_on_data(self, params: Dict[str, Any], data: Dict[str, Any]) -> Dict[str, Any]:
         height, width = params["shape"][:2]
         short = self.py_random.choice(self.min_sizes) if len(self.min_sizes) > 1 else self.min_sizes[0]
-        scale = min(short / min(height, width), self.long_max / max(height, width))
-        return {"scale": scale}
+        return {"scale": self.scale_for(short, height, width)}
+
+    def scale_for(self, short: int, height: int, width: int) -> float:
+        return min(short / min(height, width), self.long_max / max(height, width))
+
+    def possible_scales(self, height: int, width: int):
+        """Every factor this resize can apply to a ``height x width`` image."""
+        return [self.scale_for(short, height, width) for short in self.min_sizes]
 
 
 class DetectionTransform:
@@ -49,15 +55,19 @@ class DetectionTransform:
     Args:
         min_size: short side after resizing; a list draws one per image (multi-scale training).
         max_size: cap on the long side.
-        train: enable the random flip and photometric jitter.
+        train: enable the random crop, flip and photometric jitter.
         flip_prob: probability of a horizontal flip when training.
+        crop_prob: probability of a random crop that keeps every box whole (before the resize, so the
+            crop is enlarged to the training size: objects appear larger than in the whole image).
         color_jitter: strength of brightness / contrast / saturation jitter (0 disables; hue moves
             a tenth as far), applied to half of the training images.
     """
 
     def __init__(self, min_size: Size, max_size: int, train: bool = False, flip_prob: float = 0.5,
-                 color_jitter: float = 0.0):
-        steps = [ResizeShortestEdge(min_size if train else _first(min_size), max_size)]
+                 color_jitter: float = 0.0, crop_prob: float = 0.0):
+        self.resize = ResizeShortestEdge(min_size if train else _first(min_size), max_size)
+        steps = [A.BBoxSafeRandomCrop(p=crop_prob)] if train and crop_prob > 0 else []
+        steps.append(self.resize)
         if train and flip_prob > 0:
             steps.append(A.HorizontalFlip(p=flip_prob))
         if train and color_jitter > 0:
@@ -67,6 +77,11 @@ class DetectionTransform:
         self.pipeline = A.Compose(
             steps, bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels", "ignore", "is_proposal"],
                                             clip=True, filter_invalid_bboxes=True))
+
+    def possible_scales(self, height: int, width: int):
+        """The factors by which the resize can scale a ``height x width`` image's boxes (a random crop
+        enlarges them further in some training images; the test-time scale is among these)."""
+        return self.resize.possible_scales(height, width)
 
     def set_seed(self, seed: Optional[int]) -> None:
         """Seed the random draws (call once per DataLoader worker with distinct seeds)."""
@@ -108,4 +123,4 @@ def build_transforms(cfg, train: bool) -> DetectionTransform:
     """The transform a config asks for (``input.*`` keys)."""
     inp = cfg.input
     return DetectionTransform(inp.min_size if train else inp.min_size_test, inp.max_size, train=train,
-                              flip_prob=inp.flip_prob, color_jitter=inp.color_jitter)
+                              flip_prob=inp.flip_prob, color_jitter=inp.color_jitter, crop_prob=inp.crop_prob)

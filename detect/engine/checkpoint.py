@@ -56,6 +56,11 @@ def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     return state
 
 
+def model_weights(state: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    """The weights to run a checkpoint with: the moving average when training kept one (``train.ema``)."""
+    return state["ema"]["weights"] if "ema" in state else state["model"]
+
+
 def write_last_checkpoint(folder: Union[str, Path], name: str) -> None:
     folder = Path(folder)
     tmp = folder / f".{LAST_CHECKPOINT}.tmp"
@@ -113,6 +118,10 @@ def load_model(path: Union[str, Path], config: Optional[Union[str, Path]] = None
     state = load_checkpoint(path)
     if config is not None:
         cfg = load_config(config, overrides)
+        stored = (state.get("config") or {}).get("model", {}).get("rpn", {})
+        for key in ("anchor_sizes", "aspect_ratios"):  # "auto" in a file: the anchors fitted in training
+            if cfg.model.rpn[key] == "auto" and key in stored:
+                cfg.model.rpn[key] = stored[key]
     else:
         raw = state.get("config")
         if not isinstance(raw, dict):
@@ -128,7 +137,7 @@ def load_model(path: Union[str, Path], config: Optional[Union[str, Path]] = None
         raise CheckpointError(str(e)) from None
     model = build_model(cfg)
     try:
-        missing, unexpected = model.load_state_dict(state["model"], strict=False)
+        missing, unexpected = model.load_state_dict(model_weights(state), strict=False)
     except RuntimeError as e:  # shape mismatches
         raise CheckpointError(f"{path}: weights do not fit the model built from the config: "
                               f"{' '.join(str(e).split())[:400]}") from None

@@ -14,6 +14,7 @@ seed and the batch number, so the same batches come whatever happened before).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -35,11 +36,13 @@ from detect.data.samplers import GroupedBatchSampler, InfiniteSampler, aspect_ra
 from detect.data.transforms import build_transforms
 from detect.engine import distributed as dist
 from detect.engine.device import resolve_device
-from detect.engine.checkpoint import (find_last_checkpoint, load_checkpoint, rng_state, save_checkpoint,
-                                      set_rng_state, write_last_checkpoint)
+from detect.engine.ema import WeightEMA
+from detect.engine.checkpoint import (find_last_checkpoint, load_checkpoint, model_weights, rng_state,
+                                      save_checkpoint, set_rng_state, write_last_checkpoint)
 from detect.engine.evaluation import evaluate_detections, format_metrics
 from detect.engine.inference import predict_dataset
 from detect.models import build_model
+from detect.models.anchor_fit import is_auto, lost_boxes_advice, settle_anchors
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +115,7 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimize
 def load_transfer_weights(model: torch.nn.Module, path: str) -> Dict[str, List[str]]:
     """Start from another detection checkpoint: every tensor whose name and shape match is loaded;
     the rest (the classifier and box layers when the classes differ) keep their fresh initialisation."""
-    state = load_checkpoint(path)["model"]
+    state = model_weights(load_checkpoint(path))
     own = model.state_dict()
     loaded = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(loaded, strict=False)
@@ -207,6 +210,8 @@ class Trainer:
             attach_proposals(self.train_set, cfg, "train", cfg.model.proposals.topk_train, required=True)
         if not cfg.data.classes:
             cfg.data.classes = list(self.train_set.class_names)
+        if cfg.model.type == "faster_rcnn" and model is None:
+            self._settle_anchors(resume)
         if cfg.data.test.ann_file or cfg.data.test.root:  # fail at start, not after training
             test_set = build_dataset(cfg, "test", class_names=cfg.data.classes)
             if uses_proposals(cfg):
@@ -218,6 +223,7 @@ class Trainer:
         if cfg.model.weights:
             load_transfer_weights(self.model, cfg.model.weights)
         self.optimizer = build_optimizer(cfg, self.model)
+        self.ema = WeightEMA(self.model, cfg.train.ema) if cfg.train.ema > 0 else None
         self.use_amp = bool(cfg.train.amp) and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.iteration = 0
@@ -233,6 +239,28 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.output_dir / "config.yaml")
 
+    def _settle_anchors(self, resume: bool) -> None:
+        """Fit ``auto`` anchors to the training boxes (resuming: take the ones the run started with),
+        writing them into the config that config.yaml and every checkpoint store; report the share of
+        boxes that no anchor reaches, with the fix, whether fitted or configured."""
+        rpn = self.cfg.model.rpn
+        saved = find_last_checkpoint(self.output_dir) if resume and is_auto(self.cfg) else None
+        if saved is not None:
+            stored = load_checkpoint(saved).get("config", {}).get("model", {}).get("rpn", {})
+            rpn.anchor_sizes, rpn.aspect_ratios = stored["anchor_sizes"], stored["aspect_ratios"]
+            logger.info("anchors of the run being resumed (%s): sizes %s, ratios %s", saved, rpn.anchor_sizes,
+                        rpn.aspect_ratios)
+            return
+        auto = is_auto(self.cfg)
+        fit = settle_anchors(self.cfg, self.train_set)
+        if auto:
+            logger.info("anchors fitted to the training boxes: sizes %s on strides %s, ratios (h/w) %s; best possible "
+                        "recall %.3f (before fitting: %.3f)", rpn.anchor_sizes, fit["strides"], rpn.aspect_ratios,
+                        fit["report"]["bpr"] or 0.0, fit["reports"]["current"]["bpr"] or 0.0)
+        advice = lost_boxes_advice(fit["report"], fitted=auto)
+        if advice:
+            logger.warning("%s", advice)
+
     def _resume(self) -> None:
         path = find_last_checkpoint(self.output_dir)
         if path is None:
@@ -242,6 +270,8 @@ class Trainer:
         check_checkpoint_matches(state, self.cfg, path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None and "ema" in state:
+            self.ema.load_state_dict(state["ema"])
         if "scaler" in state and self.use_amp:
             self.scaler.load_state_dict(state["scaler"])
         self.iteration, self.elapsed = int(state["iteration"]), float(state["elapsed"])
@@ -271,7 +301,8 @@ class Trainer:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict() if self.use_amp else {}, "iteration": self.iteration,
                 "elapsed": self.elapsed, "rng": rng_state(), "config": self.cfg.to_dict(),
-                "class_names": list(self.cfg.data.classes)}
+                "class_names": list(self.cfg.data.classes),
+                **({"ema": self.ema.state_dict()} if self.ema is not None else {})}
 
     def save(self, name: str) -> None:
         if dist.is_main():
@@ -323,6 +354,8 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.ema is not None:
+                self.ema.update(self.model)
             self.iteration += 1
             self.elapsed += time.perf_counter() - step_start
             images_seen += len(images) * self.world
@@ -340,6 +373,9 @@ class Trainer:
         if window:
             self._log(log_file, window, images_seen, window_start, cfg.train.lr * factor, bar)
         bar.close()
+        if self.ema is not None:  # the final model is the average: evaluated, shipped, read by R-CNN's SVMs
+            self.model.load_state_dict(self.ema.weights)
+            self.ema = None
         self.save("model_final.pth")
         if cfg.model.type == "rcnn" and dist.is_main():
             # phases 2 and 3 (SVMs, box regressors) on the fine-tuned network; their feature cache
@@ -369,7 +405,9 @@ class Trainer:
     def _evaluate(self, log_file: Path, final: bool = False) -> Dict[str, Any]:
         metrics: Dict[str, Any] = {}
         if dist.is_main():
-            metrics = evaluate(self.model, self.cfg, self.device, self.output_dir if final else None, self.progress)
+            averaged = self.ema.applied_to(self.model) if self.ema is not None else contextlib.nullcontext(self.model)
+            with averaged as model:
+                metrics = evaluate(model, self.cfg, self.device, self.output_dir if final else None, self.progress)
             with open(log_file, "a") as f:
                 f.write(json.dumps({"iteration": self.iteration, "eval": {k: metrics["coco"][k] for k in ("AP", "AP50", "AP75")}}) + "\n")
             if final:

@@ -173,8 +173,12 @@ def _tiny_stages(norm: str) -> List[Stage]:
 
 
 def build_backbone(name: str, pretrained: Optional[str] = None, fpn: bool = False, norm: str = "bn",
-                   freeze_at: int = 0, fpn_channels: int = FPN_CHANNELS) -> Backbone:
-    """Build a backbone by torchvision model name (or ``tiny``); see the module docstring."""
+                   freeze_at: int = 0, fpn_channels: int = FPN_CHANNELS, fpn_strides: Sequence[int] = ()) -> Backbone:
+    """Build a backbone by torchvision model name (or ``tiny``); see the module docstring.
+
+    ``fpn_strides`` chooses the stages the FPN reads by their stride (e.g. ``[8, 16, 32]`` for
+    MobileNetV3 adds its stride-8 stage, for small objects); empty: the table above.
+    """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     res5 = None
@@ -194,6 +198,13 @@ def build_backbone(name: str, pretrained: Optional[str] = None, fpn: bool = Fals
             raise ValueError("the tiny backbone has no pretrained weights")
         stages = _tiny_stages(norm)
         returned = [1, 2, 3] if fpn else [2]
+    if fpn and fpn_strides:
+        by_stride = {stage.stride: i for i, stage in enumerate(stages)}  # the last stage of each stride
+        unknown = [s for s in fpn_strides if s not in by_stride]
+        if unknown:
+            raise ValueError(f"model.backbone.fpn_strides {list(fpn_strides)}: {name} has no stage of stride "
+                             f"{unknown}; its stages end at strides {sorted(by_stride)}")
+        returned = sorted(by_stride[s] for s in set(fpn_strides))
     backbone = Backbone(stages, returned, fpn, res5=res5, fpn_channels=fpn_channels)
     use_conv3x3(backbone)  # large-map 3x3 convs through NNPACK at CPU inference (detect.ops.conv)
     if freeze_at:

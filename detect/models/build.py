@@ -24,7 +24,7 @@ def backbone_from_config(cfg) -> Backbone:
     # (seen here: AP50 0.85 with BN against 1.0 with GN on the same overfitting run), so GN is the default.
     norm = b.norm if b.norm != "auto" else ("frozen_bn" if pretrained else "gn")
     freeze_at = b.freeze_at if b.freeze_at >= 0 else (2 if pretrained else 0)
-    return build_backbone(b.name, pretrained, b.fpn, norm, freeze_at, b.fpn_channels)
+    return build_backbone(b.name, pretrained, b.fpn, norm, freeze_at, b.fpn_channels, b.fpn_strides)
 
 
 def default_anchor_sizes(strides: Sequence[int], fpn: bool) -> List[List[float]]:
@@ -33,8 +33,30 @@ def default_anchor_sizes(strides: Sequence[int], fpn: bool) -> List[List[float]]
     return [[32.0, 64.0, 128.0, 256.0, 512.0]]
 
 
+DEFAULT_ASPECT_RATIOS = [0.5, 1.0, 2.0]
+
+
+def rpn_strides(cfg) -> List[int]:
+    """Strides of the RPN's levels for the config's backbone (built without weights to read them)."""
+    b = cfg.model.backbone
+    return build_backbone(b.name, None, b.fpn, "gn", 0, b.fpn_channels, b.fpn_strides).strides
+
+
+def configured_anchors(cfg, strides: Sequence[int]):
+    """``(sizes per level, aspect ratios)`` as configured; ``[]`` and ``auto`` give the defaults."""
+    r = cfg.model.rpn
+    sizes = r.anchor_sizes if isinstance(r.anchor_sizes, list) and r.anchor_sizes else \
+        default_anchor_sizes(strides, len(strides) > 1 or cfg.model.backbone.fpn)
+    ratios = r.aspect_ratios if isinstance(r.aspect_ratios, list) else DEFAULT_ASPECT_RATIOS
+    return [list(map(float, s)) for s in sizes], list(map(float, ratios))
+
+
 def build_rpn(cfg, backbone: Backbone) -> RPN:
     r = cfg.model.rpn
+    if "auto" in (r.anchor_sizes, r.aspect_ratios):
+        raise ValueError("model.rpn.anchor_sizes / aspect_ratios is 'auto' but was never fitted: tools/train.py "
+                         "fits them to the training set (and stores them in the run's config and checkpoint); "
+                         "tools/dataset.py anchors --config CFG prints them")
     sizes = r.anchor_sizes or default_anchor_sizes(backbone.strides, backbone.fpn is not None)
     anchors = AnchorGenerator(sizes, r.aspect_ratios, backbone.strides)
     return RPN(anchors, RPNHead(backbone.out_channels, anchors.num_anchors_per_cell),

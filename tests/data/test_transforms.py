@@ -71,3 +71,19 @@ def test_built_from_config():
     assert out.shape[:2] == (110, 165)
     with pytest.raises(ValueError, match="positive"):
         DetectionTransform(0, 100)
+
+
+def test_box_safe_crop_keeps_every_box_whole():
+    crop = DetectionTransform(100, 1000, train=True, flip_prob=0.0, crop_prob=1.0)
+    image = np.zeros((200, 300, 3), np.uint8)
+    boxes = [[100, 50, 140, 90], [160, 120, 200, 150]]
+    sizes = set()
+    for seed in range(10):
+        crop.set_seed(seed)
+        out, t = crop(image, target(boxes, labels=[1, 2]))
+        assert t["labels"].tolist() == [1, 2]
+        w, h = (t["boxes"][:, 2] - t["boxes"][:, 0]), (t["boxes"][:, 3] - t["boxes"][:, 1])
+        np.testing.assert_allclose(w / h, [1.0, 40 / 30], rtol=2e-2)
+        assert min(out.shape[:2]) == 100
+        sizes.add(round(float(w[0]), 1))
+    assert len(sizes) > 1  # different crops, different zooms

@@ -133,3 +133,50 @@ def test_transfer_weights_reinitialise_the_class_layers(four_images, tmp_path, c
     assert src["roi_head.predictor.cls_score.weight"].shape[0] == 4
     message = " ".join(r.getMessage() for r in caplog.records)
     assert "re-initialised" in message and "roi_head.predictor.cls_score.weight" in message
+
+
+def test_auto_anchors_are_fitted_stored_and_rebuilt_without_the_data(four_images, tmp_path, caplog):
+    import shutil
+
+    from detect.engine.predictor import Predictor
+    from detect.models import build_model
+
+    data = tmp_path / "data"
+    shutil.copytree(four_images, data)
+    cfg = tiny_config(data, "train.max_iter=2", "data.test.ann_file=null", "model.rpn.anchor_sizes=auto",
+                      "model.rpn.aspect_ratios=auto", "model.rpn.sizes_per_level=3")
+    with pytest.raises(ValueError, match="'auto' but was never fitted"):
+        build_model(cfg)
+    with caplog.at_level("INFO", logger="detect"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert "anchors fitted to the training boxes" in caplog.text
+    saved = load_checkpoint(tmp_path / "run" / "model_final.pth")["config"]["model"]["rpn"]
+    sizes, ratios = saved["anchor_sizes"], saved["aspect_ratios"]
+    assert len(sizes) == 1 and len(sizes[0]) == 3 and len(ratios) == 3  # one map (no FPN), 3 sizes
+    assert "anchor_sizes:\n    - [" in (tmp_path / "run" / "config.yaml").read_text()
+
+    shutil.rmtree(data)  # inference needs the checkpoint alone
+    predictor = Predictor.from_checkpoint(tmp_path / "run" / "model_final.pth", device="cpu")
+    cells = predictor.model.rpn.anchor_generator.cells[0]
+    areas = ((cells[:, 2] - cells[:, 0]) * (cells[:, 3] - cells[:, 1])).sqrt()
+    assert areas.tolist() == pytest.approx([s for s in sizes[0] for _ in ratios], rel=1e-5)
+    assert (cells[:3, 3] - cells[:3, 1]).div(cells[:3, 2] - cells[:3, 0]).tolist() == pytest.approx(ratios, rel=1e-5)
+    # a config file that says auto takes the fitted anchors from the checkpoint
+    model, loaded = load_model(tmp_path / "run" / "model_final.pth", config="configs/faster_rcnn/shapes.yaml",
+                               overrides=["model.rpn.anchor_sizes=auto", "model.rpn.aspect_ratios=auto",
+                                          "model.roi_head.fc_dim=128"])
+    assert loaded.model.rpn.anchor_sizes == sizes
+
+
+def test_moving_average_is_what_is_saved_and_evaluated(four_images, tmp_path):
+    cfg = tiny_config(four_images, "train.max_iter=6", "train.checkpoint_period=3", "data.test.ann_file=null",
+                      "train.ema=0.9")
+    train(cfg, tmp_path, progress=False)
+    periodic = load_checkpoint(tmp_path / "model_0000003.pth")
+    assert periodic["ema"]["updates"] == 3
+    assert any(not torch.equal(periodic["ema"]["weights"][k], v) for k, v in periodic["model"].items())
+    final = load_checkpoint(tmp_path / "model_final.pth")
+    assert "ema" not in final  # the final weights are the average itself
+    model, _ = load_model(tmp_path / "model_0000003.pth")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, periodic["ema"]["weights"][k]), k

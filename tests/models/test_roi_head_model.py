@@ -103,6 +103,18 @@ def test_variants_build_and_run(extra):
     assert all(torch.isfinite(v) for v in losses.values())
 
 
+def test_fpn_strides_choose_the_levels_by_stride():
+    from detect.models.backbones import build_backbone
+
+    assert build_backbone("mobilenet_v3_large", fpn=True).strides == [16, 32, 64]
+    backbone = build_backbone("mobilenet_v3_large", fpn=True, fpn_strides=[8, 16, 32], fpn_channels=32)
+    assert backbone.strides == [8, 16, 32, 64] and backbone.roi_strides == [8, 16, 32]
+    maps = backbone(torch.rand(1, 3, 64, 96))
+    assert [tuple(m.shape[-2:]) for m in maps] == [(8, 12), (4, 6), (2, 3), (1, 2)]
+    with pytest.raises(ValueError, match=r"fpn_strides \[4, 12\]: tiny has no stage of stride \[12\]"):
+        build_backbone("tiny", fpn=True, fpn_strides=[4, 12])
+
+
 def test_build_needs_classes():
     with pytest.raises(ValueError, match="data.classes is empty"):
         build_model(load_config(None, ["model.backbone.name=tiny"]))

@@ -77,3 +77,36 @@ def test_user_errors_are_one_clear_line(tmp_path):
     assert r.returncode == 2 and "data.train.ann_file is not set" in r.stderr
     r = run_tool("stats", "--format", "coco", "train.lrr=1")
     assert r.returncode == 2 and "unknown key 'train.lrr'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_anchors_prints_both_reports_and_the_overrides(shapes_dir, tmp_path):
+    source = ["--config", REPO / "configs/faster_rcnn/shapes.yaml", f"data.train.ann_file={shapes_dir / 'train.json'}",
+              f"data.train.img_dir={shapes_dir / 'images'}"]
+    r = run_tool("anchors", *source, "--json", tmp_path / "a.json")
+    assert r.returncode == 0, r.stderr
+    fit = json.loads((tmp_path / "a.json").read_text())
+    current, fitted = fit["reports"]["current"], fit["reports"]["fitted"]
+    coco = COCO(str(shapes_dir / "train.json"))
+    assert current["boxes"] == fitted["boxes"] == len(coco.getAnnIds())  # one training scale, no crowd boxes
+    assert sum(c["boxes"] for c in fitted["per_class"].values()) == fitted["boxes"]
+    assert fitted["anchor_sizes"] == fit["sizes"] and fitted["aspect_ratios"] == fit["ratios"]
+    assert f"model.rpn.anchor_sizes={json.dumps(fit['sizes'])}" in r.stdout
+    for line in ("current: ", "fitted: ", "class rectangle", "best possible recall"):
+        assert line in r.stdout, line
+
+
+def test_anchors_names_the_boxes_no_anchor_can_reach(tmp_path):
+    from tests.conftest import write_rgb
+    import numpy as np
+
+    write_rgb(tmp_path / "img" / "a.png", np.zeros((200, 200, 3), np.uint8))
+    dots = [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": [10 + 20 * i, 13, 3, 3], "area": 9, "iscrowd": 0}
+            for i in range(8)]
+    (tmp_path / "a.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png", "width": 200, "height": 200}],
+                                                 "categories": [{"id": 1, "name": "dot"}], "annotations": dots}))
+    r = run_tool("anchors", "--config", REPO / "configs/faster_rcnn/shapes.yaml", f"data.train.ann_file={tmp_path / 'a.json'}",
+                 f"data.train.img_dir={tmp_path / 'img'}", "data.classes=[dot]", "input.min_size=200",
+                 "input.max_size=200")
+    assert r.returncode == 0, r.stderr
+    assert "fitted: 100% of the training boxes (8 of 8) have no anchor at IoU >= 0.7" in r.stdout
+    assert "too small for the finest anchor grid" in r.stdout and "raise input.min_size" in r.stdout
