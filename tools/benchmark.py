@@ -2,6 +2,8 @@
 """Benchmarks: tables printed, ratios against the reference measured in the same run.
 
   python tools/benchmark.py frcnn --config configs/faster_rcnn/bccd.yaml [--train-minutes 15] [--json out.json] [key=value ...]
+  python tools/benchmark.py frcnn --no-speed --train-minutes 15 --data-root ../shared/data \
+      --config configs/faster_rcnn/bccd.yaml --config configs/faster_rcnn/facemask.yaml
   python tools/benchmark.py proposals --config configs/datasets/bccd.yaml --opencv-python /path/to/contrib/venv/bin/python
   python tools/benchmark.py stages --data configs/datasets/bccd.yaml --budget 15 --output-dir runs/stages_bccd
   python tools/benchmark.py infer --checkpoint runs/frcnn_bccd/model_final.pth --input datasets/BCCD/JPEGImages --limit 72
@@ -17,16 +19,34 @@ from detect.config import load_config
 from detect.utils.cli import run_cli, setup_logging
 
 
+def load_with_data_root(path: str, overrides, data_root: str):
+    """``load_config`` with the dataset paths that start at ``datasets/`` moved under ``data_root``."""
+    cfg = load_config(path, overrides)
+    if data_root:
+        for split in ("train", "test"):
+            for key in ("root", "ann_file", "img_dir"):
+                value = cfg.data[split][key]
+                if isinstance(value, str) and value.startswith("datasets/"):
+                    cfg.data[split][key] = str(Path(data_root) / value[len("datasets/"):])
+    return cfg
+
+
 def cmd_frcnn(args) -> int:
     from detect.benchmark.frcnn import format_frcnn, run_frcnn_benchmark
 
-    cfg = load_config(args.config, args.overrides)
-    rows = run_frcnn_benchmark(cfg, num_images=args.num_images, train_steps=args.train_steps, rounds=args.rounds)
-    print(format_frcnn(rows), flush=True)
+    configs = {Path(c).stem: load_with_data_root(c, args.overrides, args.data_root) for c in args.config}
+    rows = {}
+    if not args.no_speed:
+        rows = run_frcnn_benchmark(next(iter(configs.values())), num_images=args.num_images,
+                                   train_steps=args.train_steps, rounds=args.rounds)
+        print(format_frcnn(rows), flush=True)
     if args.train_minutes > 0:
         from detect.benchmark.frcnn import accuracy_same_budget, format_accuracy
 
-        rows["accuracy"] = accuracy_same_budget(cfg, args.train_minutes, args.output_dir)
+        rows["accuracy"] = {}
+        for name, cfg in configs.items():
+            rows["accuracy"][name] = accuracy_same_budget(cfg, args.train_minutes, Path(args.output_dir) / name)
+            print(f"{name}: trained and evaluated both", flush=True)
         print(format_accuracy(rows["accuracy"]))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
@@ -82,13 +102,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("frcnn", help="Faster R-CNN against torchvision's, same backbone and input size")
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", required=True, action="append",
+                   help="a config; give several to compare accuracy on several datasets (speed: the first)")
+    p.add_argument("--data-root", default="", help="where the configs' datasets/... paths are (e.g. ../shared/data)")
+    p.add_argument("--no-speed", action="store_true", help="only the accuracy comparison (--train-minutes)")
     p.add_argument("--num-images", type=int, default=10)
     p.add_argument("--train-steps", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3, help="latency: interleaved rounds over the images (median)")
     p.add_argument("--train-minutes", type=float, default=0.0,
                    help="also train both from scratch for this many minutes each and compare AP")
-    p.add_argument("--output-dir", default="runs/benchmark_frcnn", help="run folders of the accuracy comparison")
+    p.add_argument("--output-dir", default="runs/benchmark_frcnn",
+                   help="run folders of the accuracy comparison (one sub-folder per config)")
     p.add_argument("--json", help="also write the figures as json")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_frcnn)

@@ -20,11 +20,12 @@ import numpy as np
 import torch
 import torchvision
 
-from detect.config import Config
+from detect.config import Config, config_from_dict
 from detect.data.build import build_dataset
 from detect.data.collate import collate_detection
 from detect.data.transforms import build_transforms
 from detect.models import build_model
+from detect.models.anchor_fit import settle_anchors
 
 _TV_BUILDERS = {
     ("mobilenet_v3_large", True): "fasterrcnn_mobilenet_v3_large_fpn",
@@ -108,9 +109,11 @@ def train_step_times(models: Dict[str, torch.nn.Module], batches: Sequence, lr: 
 def run_frcnn_benchmark(cfg: Config, num_images: int = 10, train_steps: int = 5, seed: int = 0,
                         rounds: int = 3) -> Dict[str, Any]:
     torch.manual_seed(seed)
+    train_set = build_dataset(cfg, "train", transforms=build_transforms(cfg, train=True), class_names=cfg.data.classes)
+    cfg = with_classes(cfg, train_set.class_names)
+    settle_anchors(cfg, train_set)  # "auto" anchors: fitted as training would fit them
     test_set = build_dataset(cfg, "test", transforms=build_transforms(cfg, train=False), class_names=cfg.data.classes)
     images, _ = collate_detection([test_set[i] for i in range(min(num_images, len(test_set)))])
-    train_set = build_dataset(cfg, "train", transforms=build_transforms(cfg, train=True), class_names=cfg.data.classes)
     train_batches = []
     for i in range(train_steps + 1):
         ims, tg = collate_detection([train_set[2 * i], train_set[2 * i + 1]])
@@ -170,6 +173,13 @@ def format_frcnn(rows: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def with_classes(cfg: Config, class_names: Sequence[str]) -> Config:
+    """A copy of ``cfg`` whose ``data.classes`` is filled (from the training set when it was empty)."""
+    data = cfg.to_dict()
+    data["data"]["classes"] = list(cfg.data.classes) or list(class_names)
+    return config_from_dict(data, source="benchmark")
+
+
 def accuracy_same_budget(cfg: Config, minutes: float, output_dir) -> Dict[str, Any]:
     """Train ``detect``'s model and torchvision's from scratch for the same wall-clock budget with the
     same data, schedule and batch size, then evaluate both with the same evaluator."""
@@ -177,30 +187,36 @@ def accuracy_same_budget(cfg: Config, minutes: float, output_dir) -> Dict[str, A
 
     from detect.engine.trainer import train
 
-    cfg.train.max_minutes = float(minutes)
-    cfg.train.max_iter = 10 ** 9
-    cfg.train.eval_period = 0
+    data = with_classes(cfg, build_dataset(cfg, "train", check_files=False).class_names).to_dict()
+    data["train"].update(max_minutes=float(minutes), max_iter=10 ** 9, eval_period=0)
     results = {}
     for name in ("detect", "torchvision"):
-        torch.manual_seed(cfg.train.seed)
-        model = None if name == "detect" else torchvision_model(cfg)
-        metrics = train(cfg, Path(output_dir) / name, progress=False, model=model)
+        run_cfg = config_from_dict(data, source="benchmark")  # each run fits its own copy (auto anchors)
+        torch.manual_seed(run_cfg.train.seed)
+        model = None if name == "detect" else torchvision_model(run_cfg)
+        metrics = train(run_cfg, Path(output_dir) / name, progress=False, model=model)
         log = [json.loads(line) for line in (Path(output_dir) / name / "log.jsonl").read_text().splitlines()]
         iterations = max(r["iteration"] for r in log)
         results[name] = {"AP": metrics["coco"]["AP"], "AP50": metrics["coco"]["AP50"], "iterations": iterations,
                          "per_class_AP50": {k: v["AP50"] for k, v in metrics["coco"]["per_class"].items()}}
+        results[name]["AP_per_iteration"] = results[name]["AP"] / max(iterations, 1)
     results["AP50_ratio"] = results["detect"]["AP50"] / max(results["torchvision"]["AP50"], 1e-9)
     results["minutes"] = minutes
     return results
 
 
-def format_accuracy(res: Dict[str, Any]) -> str:
-    names = list(res["detect"]["per_class_AP50"])
-    lines = [f"from scratch, {res['minutes']} min each on this machine",
-             f"{'library':<12} {'iters':>6} {'AP':>6} {'AP50':>6}  " + "  ".join(f"{n:>9}" for n in names)]
-    for lib in ("detect", "torchvision"):
-        r = res[lib]
-        lines.append(f"{lib:<12} {r['iterations']:>6} {r['AP']:6.3f} {r['AP50']:6.3f}  "
-                     + "  ".join(f"{r['per_class_AP50'][n]:9.3f}" for n in names))
-    lines.append(f"AP50 detect / torchvision: {res['AP50_ratio']:.2f}x")
+def format_accuracy(rows: Dict[str, Dict[str, Any]]) -> str:
+    """One row per dataset of :func:`accuracy_same_budget` results (``{dataset: result}``)."""
+    minutes = next(iter(rows.values()))["minutes"]
+    lines = [f"from scratch, {minutes:g} min of training each on this machine, same data, schedule and evaluator",
+             f"{'dataset':<12} {'detect iters':>12} {'AP':>6} {'AP50':>6}   {'torchvision iters':>17} {'AP':>6} "
+             f"{'AP50':>6}   {'AP50 ratio':>10}"]
+    for dataset, res in rows.items():
+        d, t = res["detect"], res["torchvision"]
+        lines.append(f"{dataset:<12} {d['iterations']:>12} {d['AP']:6.3f} {d['AP50']:6.3f}   {t['iterations']:>17} "
+                     f"{t['AP']:6.3f} {t['AP50']:6.3f}   {res['AP50_ratio']:>9.2f}x")
+    for dataset, res in rows.items():
+        lines.append(f"{dataset} AP50 per class: " + ", ".join(
+            f"{n} {res['detect']['per_class_AP50'][n]:.3f} / {res['torchvision']['per_class_AP50'][n]:.3f}"
+            for n in res["detect"]["per_class_AP50"]))
     return "\n".join(lines)

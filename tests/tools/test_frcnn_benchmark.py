@@ -30,3 +30,43 @@ def test_frcnn_benchmark_measures_both_libraries(shapes_dir, tmp_path):
                / rows["torchvision_equal"]["outside_backbone_s"]) < 1e-12
     assert rows["train_step_s"]["detect"] > 0 and rows["train_step_s"]["torchvision"] > 0
     assert "ratios detect / torchvision" in r.stdout and "detect_1000" in r.stdout
+
+
+def test_accuracy_comparison_gives_one_row_per_dataset(shapes_dir, tmp_path):
+    # two dataset configs whose paths start at datasets/, moved by --data-root (as ../shared/data here)
+    import shutil
+
+    shutil.copytree(shapes_dir, tmp_path / "root" / "shapes")
+    configs = []
+    for name, classes in (("first", "[]"), ("second", "[triangle, ellipse, rectangle]")):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(f"""_base_: {REPO / 'configs/datasets/shapes.yaml'}
+model: {{backbone: {{name: mobilenet_v3_large, fpn: true}}, rpn: {{anchor_sizes: auto, aspect_ratios: auto}}}}
+data:
+  train: {{ann_file: datasets/shapes/train.json, img_dir: datasets/shapes/images}}
+  test: {{ann_file: datasets/shapes/test.json, img_dir: datasets/shapes/images}}
+  classes: {classes}
+  num_workers: 0
+input: {{min_size: 96, min_size_test: 96, max_size: 128}}
+train: {{batch_size: 2, checkpoint_period: 0, log_period: 1}}
+""")
+        configs += ["--config", str(path)]
+    out = tmp_path / "acc.json"
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "benchmark.py"), "frcnn", "--no-speed", "--train-minutes",
+                        "0.03", "--data-root", str(tmp_path / "root"), "--output-dir", str(tmp_path / "runs"),
+                        "--json", str(out), *configs], capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads(out.read_text())["accuracy"]
+    assert list(rows) == ["first", "second"]
+    for name, res in rows.items():
+        for lib in ("detect", "torchvision"):
+            run = tmp_path / "runs" / name / lib
+            metrics = json.loads((run / "metrics.json").read_text())["coco"]
+            assert res[lib]["AP50"] == metrics["AP50"] and res[lib]["iterations"] >= 1
+            assert res[lib]["AP_per_iteration"] == res[lib]["AP"] / res[lib]["iterations"]
+        assert list(res["detect"]["per_class_AP50"]) == list(res["torchvision"]["per_class_AP50"])
+        line = next(l for l in r.stdout.splitlines() if l.startswith(name + " "))
+        assert f"{res['detect']['iterations']}" in line and f"{res['torchvision']['AP50']:.3f}" in line
+    # classes from the annotations (first) and in the config's order (second)
+    assert list(rows["first"]["detect"]["per_class_AP50"]) == ["rectangle", "ellipse", "triangle"]
+    assert list(rows["second"]["detect"]["per_class_AP50"]) == ["triangle", "ellipse", "rectangle"]
