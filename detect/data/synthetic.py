@@ -78,16 +78,21 @@ def generate_image(rng: np.random.Generator, long_side: int = 256, max_objects: 
                    empty_prob: float = 0.1):
     """One image and its objects.
 
+    Every object keeps at least half of its whole shape's area in view, counting both the image border
+    and the shapes drawn over it: a rotated rectangle cut down to a corner by the border, or half
+    covered, would look like a triangle, and its label could not be learnt.
+
     Returns:
-        ``(image, objects)``: ``HxWx3`` uint8 RGB, and a list of ``(class_index, (x1, y1, x2, y2), area)``
-        with the tight box and the pixel count of each object's visible part.
+        ``(image, objects)``: ``HxWx3`` uint8 RGB, and a list of ``(class_index, (x1, y1, x2, y2), area,
+        full_area)`` with the tight box and the pixel count of each object's visible part, and the
+        area of its whole shape.
     """
     aspect = ASPECTS[rng.integers(len(ASPECTS))]
     width = long_side if aspect >= 1 else int(round(long_side * aspect))
     height = long_side if aspect <= 1 else int(round(long_side / aspect))
     image = _background(rng, height, width)
     owner = np.zeros((height, width), np.int32)  # which object each pixel shows (0: background)
-    full_areas: List[int] = []
+    full_areas: List[float] = []
     classes: List[int] = []
     num = 0 if rng.random() < empty_prob else int(rng.integers(1, max_objects + 1))
     min_size, max_size = 8.0, 0.7 * min(height, width)
@@ -99,7 +104,8 @@ def generate_image(rng: np.random.Generator, long_side: int = 256, max_objects: 
             poly = np.round(_shape_polygon(rng, cls, size, centre)).astype(np.int32)
             mask = np.zeros_like(owner, np.uint8)
             cv2.fillPoly(mask, [poly], 1)
-            if mask.sum() < 20 or not _keeps_others_visible(owner, mask, full_areas):
+            full = max(float(cv2.contourArea(poly.astype(np.float32))), 1.0)
+            if mask.sum() < 20 or mask.sum() < 0.5 * full or not _keeps_others_visible(owner, mask, full_areas):
                 continue
             fill = _colour_apart(rng, image[mask > 0].mean(axis=0))
             shade = rng.normal(0, 6, size=(height, width, 1))
@@ -107,19 +113,20 @@ def generate_image(rng: np.random.Generator, long_side: int = 256, max_objects: 
             image[mask > 0] = region[mask > 0]
             cv2.polylines(image, [poly], True, tuple(float(v) for v in fill), 1, cv2.LINE_AA)
             classes.append(cls)
-            full_areas.append(int(mask.sum()))
+            full_areas.append(full)
             owner[mask > 0] = len(classes)
             break
     objects = []
     for index, cls in enumerate(classes, start=1):
         visible = (owner == index).astype(np.uint8)
         x, y, w, h = cv2.boundingRect(visible)
-        objects.append((cls, (float(x), float(y), float(x + w), float(y + h)), int(visible.sum())))
+        box = (float(x), float(y), float(x + w), float(y + h))
+        objects.append((cls, box, int(visible.sum()), full_areas[index - 1]))
     return image, objects
 
 
-def _keeps_others_visible(owner: np.ndarray, mask: np.ndarray, full_areas: Sequence[int]) -> bool:
-    """A new shape may cover at most half of any earlier one's full area."""
+def _keeps_others_visible(owner: np.ndarray, mask: np.ndarray, full_areas: Sequence[float]) -> bool:
+    """A new shape may leave no earlier one with less than half of its whole area in view."""
     if not full_areas:
         return True
     visible = np.bincount(owner.ravel(), minlength=len(full_areas) + 1)[1:]
@@ -142,7 +149,7 @@ def generate_split(out: Path, split: str, count: int, seed: int, long_side: int 
             raise OSError(f"cannot write {out / 'images' / file_name}")
         image_id = index + 1
         images.append({"id": image_id, "file_name": file_name, "width": image.shape[1], "height": image.shape[0]})
-        for cls, (x1, y1, x2, y2), area in objects:
+        for cls, (x1, y1, x2, y2), area, _ in objects:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": cls + 1,
                                 "bbox": [x1, y1, x2 - x1, y2 - y1], "area": float(area), "iscrowd": 0})
     return {

@@ -47,8 +47,10 @@ def test_variety_empty_images_sizes_and_overlaps():
         image, objects = generate_image(np.random.default_rng([0, 1, i]), long_side=128)
         shapes.add(image.shape[:2])
         empty += not objects
-        classes |= {c for c, _, _ in objects}
-        boxes = np.array([b for _, b, _ in objects]).reshape(-1, 4)
+        classes |= {c for c, _, _, _ in objects}
+        boxes = np.array([b for _, b, _, _ in objects]).reshape(-1, 4)
+        # half of every shape stays in view, whatever covers it: another shape or the image border
+        assert all(visible >= 0.5 * full for _, _, visible, full in objects)
         sizes += np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).tolist()
         for j in range(len(boxes)):
             for k in range(j + 1, len(boxes)):
