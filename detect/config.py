@@ -42,6 +42,7 @@ DEFAULTS: Dict[str, Any] = {
             "fpn": False,
             "fpn_channels": 256,
             "fpn_strides": [],     # strides of the stages the FPN reads; empty: the backbone's default
+            "width": 1.0,          # channel multiplier (tiny, mobilenet_v3_large from scratch)
             "norm": "auto",        # frozen_bn | bn | gn; auto: frozen_bn with pretrained weights, else gn
             "freeze_at": -1,       # stages without gradients; -1: 2 with pretrained weights, else 0
         },
@@ -126,6 +127,7 @@ DEFAULTS: Dict[str, Any] = {
         "max_iter": 1000,
         "max_minutes": 0.0,        # wall-clock budget; > 0 scales the schedule to it (max_iter still caps)
         "batch_size": 2,           # images per step, over all processes
+        "optimizer": "sgd",        # sgd (momentum) | adamw (momentum is its beta1)
         "lr": 0.01,
         "momentum": 0.9,
         "weight_decay": 0.0001,
@@ -170,6 +172,7 @@ _CHOICES: Dict[str, Sequence[str]] = {
     "model.rcnn.feature_dtype": ("float16", "float32"),
     "model.proposals.mode": ("single", "fast", "quality"),
     "train.lr_schedule": ("step", "cosine"),
+    "train.optimizer": ("sgd", "adamw"),
     "model.backbone.name": ("vgg16", "resnet18", "resnet50", "mobilenet_v3_large", "tiny"),
     "model.backbone.norm": ("auto", "frozen_bn", "bn", "gn"),
     "model.roi_head.pooler": ("pool", "align"),

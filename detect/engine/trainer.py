@@ -103,12 +103,15 @@ def lr_factor(cfg: Config, iteration: int, progress: float) -> float:
 
 
 def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """SGD with momentum; no weight decay on norm layers and biases (as detectron2)."""
+    """SGD with momentum or AdamW (``train.optimizer``); no weight decay on norm layers and biases
+    (as detectron2)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.train.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(cfg.train.momentum, 0.999))
     return torch.optim.SGD(groups, lr=cfg.train.lr, momentum=cfg.train.momentum)
 
 

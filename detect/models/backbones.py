@@ -154,10 +154,15 @@ def _vgg_stages(pretrained: Optional[str], fpn: bool) -> List[Stage]:
             Stage(f[17:24], 16, 512), Stage(last, 32 if fpn else 16, 512)]
 
 
-def _mobilenet_stages(pretrained: Optional[str], norm: str) -> List[Stage]:
-    f = _torchvision_model("mobilenet_v3_large", pretrained, norm_layer=_norm_layer(norm)).features
-    return [Stage(f[0:2], 2, 16), Stage(f[2:4], 4, 24), Stage(f[4:7], 8, 40),
-            Stage(f[7:13], 16, 112), Stage(f[13:17], 32, 960)]
+def _out_channels(blocks: nn.Module) -> int:
+    return [m for m in blocks.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+
+
+def _mobilenet_stages(pretrained: Optional[str], norm: str, width: float) -> List[Stage]:
+    kwargs = {"width_mult": width} if width != 1.0 else {}
+    f = _torchvision_model("mobilenet_v3_large", pretrained, norm_layer=_norm_layer(norm), **kwargs).features
+    return [Stage(f[a:b], stride, _out_channels(f[a:b]))
+            for (a, b), stride in zip([(0, 2), (2, 4), (4, 7), (7, 13), (13, 17)], [2, 4, 8, 16, 32])]
 
 
 def _conv_block(cin: int, cout: int, norm: str) -> List[nn.Module]:
@@ -165,22 +170,29 @@ def _conv_block(cin: int, cout: int, norm: str) -> List[nn.Module]:
             nn.Conv2d(cout, cout, 3, padding=1, bias=False), _norm_layer(norm)(cout), nn.ReLU(inplace=True)]
 
 
-def _tiny_stages(norm: str) -> List[Stage]:
-    """A small CNN for tests and quick experiments (about 0.3 M parameters)."""
-    return [Stage(_conv_block(3, 16, norm) + _conv_block(16, 32, norm)[:3], 4, 32),
-            Stage(_conv_block(32, 48, norm), 8, 48), Stage(_conv_block(48, 64, norm), 16, 64),
-            Stage(_conv_block(64, 96, norm), 32, 96)]
+def _tiny_stages(norm: str, width: float) -> List[Stage]:
+    """A small CNN for tests and quick experiments (about 0.3 M parameters at width 1)."""
+    c = [max(8, int(round(n * width / 8)) * 8) for n in (16, 32, 48, 64, 96)]
+    return [Stage(_conv_block(3, c[0], norm) + _conv_block(c[0], c[1], norm)[:3], 4, c[1]),
+            Stage(_conv_block(c[1], c[2], norm), 8, c[2]), Stage(_conv_block(c[2], c[3], norm), 16, c[3]),
+            Stage(_conv_block(c[3], c[4], norm), 32, c[4])]
 
 
 def build_backbone(name: str, pretrained: Optional[str] = None, fpn: bool = False, norm: str = "bn",
-                   freeze_at: int = 0, fpn_channels: int = FPN_CHANNELS, fpn_strides: Sequence[int] = ()) -> Backbone:
+                   freeze_at: int = 0, fpn_channels: int = FPN_CHANNELS, fpn_strides: Sequence[int] = (),
+                   width: float = 1.0) -> Backbone:
     """Build a backbone by torchvision model name (or ``tiny``); see the module docstring.
 
+    ``width`` multiplies the channels of ``tiny`` and ``mobilenet_v3_large`` (torchvision's
+    ``width_mult``; ImageNet weights exist at 1.0 only).
     ``fpn_strides`` chooses the stages the FPN reads by their stride (e.g. ``[8, 16, 32]`` for
     MobileNetV3 adds its stride-8 stage, for small objects); empty: the table above.
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    if width != 1.0 and (name not in ("tiny", "mobilenet_v3_large") or pretrained or width <= 0):
+        raise ValueError(f"model.backbone.width={width}: only tiny and mobilenet_v3_large take a positive width "
+                         f"other than 1, and without pretrained weights")
     res5 = None
     if name.startswith("resnet"):
         stages = _resnet_stages(name, pretrained, norm)
@@ -191,12 +203,12 @@ def build_backbone(name: str, pretrained: Optional[str] = None, fpn: bool = Fals
         stages = _vgg_stages(pretrained, fpn)
         returned = [2, 3, 4] if fpn else [4]
     elif name == "mobilenet_v3_large":
-        stages = _mobilenet_stages(pretrained, norm)
+        stages = _mobilenet_stages(pretrained, norm, width)
         returned = [3, 4] if fpn else [3]
     else:
         if pretrained:
             raise ValueError("the tiny backbone has no pretrained weights")
-        stages = _tiny_stages(norm)
+        stages = _tiny_stages(norm, width)
         returned = [1, 2, 3] if fpn else [2]
     if fpn and fpn_strides:
         by_stride = {stage.stride: i for i, stage in enumerate(stages)}  # the last stage of each stride

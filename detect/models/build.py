@@ -24,7 +24,7 @@ def backbone_from_config(cfg) -> Backbone:
     # (seen here: AP50 0.85 with BN against 1.0 with GN on the same overfitting run), so GN is the default.
     norm = b.norm if b.norm != "auto" else ("frozen_bn" if pretrained else "gn")
     freeze_at = b.freeze_at if b.freeze_at >= 0 else (2 if pretrained else 0)
-    return build_backbone(b.name, pretrained, b.fpn, norm, freeze_at, b.fpn_channels, b.fpn_strides)
+    return build_backbone(b.name, pretrained, b.fpn, norm, freeze_at, b.fpn_channels, b.fpn_strides, b.width)
 
 
 def default_anchor_sizes(strides: Sequence[int], fpn: bool) -> List[List[float]]:
@@ -39,7 +39,7 @@ DEFAULT_ASPECT_RATIOS = [0.5, 1.0, 2.0]
 def rpn_strides(cfg) -> List[int]:
     """Strides of the RPN's levels for the config's backbone (built without weights to read them)."""
     b = cfg.model.backbone
-    return build_backbone(b.name, None, b.fpn, "gn", 0, b.fpn_channels, b.fpn_strides).strides
+    return build_backbone(b.name, None, b.fpn, "gn", 0, b.fpn_channels, b.fpn_strides, b.width).strides
 
 
 def configured_anchors(cfg, strides: Sequence[int]):

@@ -180,3 +180,20 @@ def test_moving_average_is_what_is_saved_and_evaluated(four_images, tmp_path):
     model, _ = load_model(tmp_path / "model_0000003.pth")
     for k, v in model.state_dict().items():
         assert torch.equal(v, periodic["ema"]["weights"][k]), k
+
+
+def test_optimizer_choice_keeps_decay_off_norms_and_biases(four_images):
+    from detect.engine.trainer import build_optimizer
+    from detect.models import build_model
+
+    for name, kind in (("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)):
+        cfg = tiny_config(four_images, f"train.optimizer={name}", "train.weight_decay=0.05", "train.momentum=0.8",
+                          "data.classes=[rectangle,ellipse,triangle]")
+        model = build_model(cfg)
+        opt = build_optimizer(cfg, model)
+        assert type(opt) is kind
+        decayed, free = opt.param_groups
+        assert decayed["weight_decay"] == 0.05 and free["weight_decay"] == 0.0
+        assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim <= 1 for p in free["params"])
+        assert len(decayed["params"]) + len(free["params"]) == len(list(model.parameters()))
+        assert (opt.defaults["betas"][0] if name == "adamw" else opt.defaults["momentum"]) == 0.8

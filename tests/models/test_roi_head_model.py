@@ -115,6 +115,15 @@ def test_fpn_strides_choose_the_levels_by_stride():
         build_backbone("tiny", fpn=True, fpn_strides=[4, 12])
 
 
+def test_width_multiplies_the_channels():
+    from detect.models.backbones import build_backbone
+
+    assert [s.channels for s in build_backbone("tiny", fpn=True, width=2.0).stages] == [64, 96, 128, 192]
+    assert [s.channels for s in build_backbone("mobilenet_v3_large", width=0.5).stages][2:4] == [24, 56]
+    with pytest.raises(ValueError, match="only tiny and mobilenet_v3_large take a positive width"):
+        build_backbone("resnet18", width=2.0)
+
+
 def test_build_needs_classes():
     with pytest.raises(ValueError, match="data.classes is empty"):
         build_model(load_config(None, ["model.backbone.name=tiny"]))
