@@ -65,6 +65,7 @@ DEFAULTS: Dict[str, Any] = {
             "pooler": "pool",      # pool (RoI max pooling, the papers) | align
             "resolution": 7,
             "sampling_ratio": 2,   # RoI align only
+            "canonical_size": 224.0,  # FPN: RoIs of this size pool from stride 16 (x2 size: next level)
             "box_head": "fc",      # fc (two fully connected layers) | res5 (ResNet C4 backbones)
             "fc_dim": 1024,
             "fg_iou": 0.5,

@@ -80,7 +80,8 @@ def build_roi_head(cfg, backbone: Backbone, num_classes: int) -> RoIHead:
         box_head = TwoFCHead(backbone.out_channels, resolution, h.fc_dim)
         if h.svd_ranks:  # a checkpoint compressed by tools/compress.py: build its layer shapes
             factorise_box_head_shapes(box_head, h.svd_ranks)
-    pooler = RoIPooler(resolution, backbone.roi_strides, mode=h.pooler, sampling_ratio=h.sampling_ratio)
+    pooler = RoIPooler(resolution, backbone.roi_strides, mode=h.pooler, sampling_ratio=h.sampling_ratio,
+                       canonical_size=h.canonical_size)
     labels = [0, 1] if h.bg_iou_low <= 0 else [-1, 0, 1]
     thresholds = [h.fg_iou] if h.bg_iou_low <= 0 else [h.bg_iou_low, h.fg_iou]
     return RoIHead(pooler, box_head, BoxPredictor(box_head.out_channels, num_classes),

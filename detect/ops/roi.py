@@ -82,10 +82,12 @@ class RoIPooler(nn.Module):
             ``[4, 8, 16, 32]`` for FPN P2-P5). Strides must be powers of two.
         mode: ``"pool"`` (max pooling, as in the papers) or ``"align"`` (bilinear, Mask R-CNN).
         sampling_ratio: RoI align samples per bin side (0: adaptive, as torchvision).
+        canonical_size: an RoI of this size (sqrt of area) pools from stride 16, one twice as large
+            from stride 32 and so on (FPN's 224, set for ImageNet-sized objects).
     """
 
     def __init__(self, output_size: Union[int, Tuple[int, int]], strides: Sequence[int],
-                 mode: str = "pool", sampling_ratio: int = 0):
+                 mode: str = "pool", sampling_ratio: int = 0, canonical_size: float = 224.0):
         super().__init__()
         if mode not in POOL_MODES:
             raise ValueError(f"RoI pooling mode must be one of {POOL_MODES}, got {mode!r}")
@@ -98,6 +100,7 @@ class RoIPooler(nn.Module):
         self.strides = list(strides)
         self.mode = mode
         self.sampling_ratio = sampling_ratio
+        self.canonical_size = canonical_size
         self.min_level, self.max_level = int(levels[0]), int(levels[-1])
 
     def forward(self, features: List[torch.Tensor], boxes: List[torch.Tensor]) -> torch.Tensor:
@@ -116,7 +119,8 @@ class RoIPooler(nn.Module):
         fast = self.mode == "align" and _cpu_float32(features) and not _wants_grad(features)  # in place
         if len(features) == 1 and not fast:
             return self._pool(features[0], rois, self.strides[0])
-        levels = None if len(features) == 1 else assign_fpn_levels(rois[:, 1:], self.min_level, self.max_level)
+        levels = None if len(features) == 1 else assign_fpn_levels(rois[:, 1:], self.min_level, self.max_level,
+                                                                    self.canonical_size)
         out = features[0].new_empty((rois.shape[0], features[0].shape[1]) + self.output_size)  # every RoI has a level
         for level, (feature, stride) in enumerate(zip(features, self.strides)):
             idx = torch.arange(rois.shape[0]) if levels is None else torch.nonzero(levels == level).flatten()

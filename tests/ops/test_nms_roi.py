@@ -55,6 +55,17 @@ def test_multilevel_pooling_uses_the_right_map():
     assert out[:, 0, 0, 0].tolist() == expected.tolist() == [0.0, 1.0, 2.0, 3.0]
 
 
+def test_canonical_size_moves_the_levels():
+    # canonical 56: 56 px pools from stride 16 (index 2 of 4..32), 28 from 8, 112 from 32, 10 from 4
+    strides = [4, 8, 16, 32]
+    features = [torch.full((1, 1, 256 // s, 256 // s), float(i)) for i, s in enumerate(strides)]
+    boxes = torch.tensor([[0.0, 0.0, 56.0, 56.0], [0.0, 0.0, 28.0, 28.0], [0.0, 0.0, 112.0, 112.0],
+                          [0.0, 0.0, 10.0, 10.0]])
+    for mode in ("align", "pool"):
+        out = RoIPooler(2, strides=strides, mode=mode, canonical_size=56.0)(features, [boxes])
+        assert out[:, 0, 0, 0].tolist() == [2.0, 1.0, 3.0, 0.0]
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="mode"):
         RoIPooler(7, strides=[16], mode="max")
