@@ -12,8 +12,10 @@ files, whatever the counts asked for (each image has its own random stream).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
+import multiprocessing
 import os
 import sys
 from pathlib import Path
@@ -134,21 +136,33 @@ def _keeps_others_visible(owner: np.ndarray, mask: np.ndarray, full_areas: Seque
     return bool(np.all(visible - covered >= 0.5 * np.asarray(full_areas)))
 
 
+def _write_image(out: Path, split: str, index: int, seed: int, long_side: int, max_objects: int):
+    """Generate and write one image (its own random stream: any process, any order, same file)."""
+    rng = np.random.default_rng([seed, _SPLIT_STREAM[split], index])
+    image, objects = generate_image(rng, long_side, max_objects)
+    file_name = f"{split}/{index:06d}.jpg"
+    if not cv2.imwrite(str(out / "images" / file_name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                       [cv2.IMWRITE_JPEG_QUALITY, 95]):
+        raise OSError(f"cannot write {out / 'images' / file_name}")
+    return file_name, image.shape[:2], objects
+
+
 def generate_split(out: Path, split: str, count: int, seed: int, long_side: int = 256,
-                   max_objects: int = 6) -> dict:
-    """Write ``count`` images under ``out/images/<split>/`` and return the COCO dict for them."""
-    image_dir = out / "images" / split
-    image_dir.mkdir(parents=True, exist_ok=True)
+                   max_objects: int = 6, workers: int = 0) -> dict:
+    """Write ``count`` images under ``out/images/<split>/`` and return the COCO dict for them.
+    ``workers`` processes draw them (0: one per core; the files do not depend on it)."""
+    (out / "images" / split).mkdir(parents=True, exist_ok=True)
+    work = functools.partial(_write_image, out, split, seed=seed, long_side=long_side, max_objects=max_objects)
+    workers = min(workers or os.cpu_count() or 1, max(1, count // 64))
+    if workers > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            results = pool.map(work, range(count), chunksize=32)
+    else:
+        results = [work(index) for index in range(count)]
     images, annotations = [], []
-    for index in range(count):
-        rng = np.random.default_rng([seed, _SPLIT_STREAM[split], index])
-        image, objects = generate_image(rng, long_side, max_objects)
-        file_name = f"{split}/{index:06d}.jpg"
-        if not cv2.imwrite(str(out / "images" / file_name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_JPEG_QUALITY, 95]):
-            raise OSError(f"cannot write {out / 'images' / file_name}")
+    for index, (file_name, (height, width), objects) in enumerate(results):
         image_id = index + 1
-        images.append({"id": image_id, "file_name": file_name, "width": image.shape[1], "height": image.shape[0]})
+        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
         for cls, (x1, y1, x2, y2), area, _ in objects:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": cls + 1,
                                 "bbox": [x1, y1, x2 - x1, y2 - y1], "area": float(area), "iscrowd": 0})
