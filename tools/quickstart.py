@@ -33,7 +33,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default="datasets/shapes", help="where to write the synthetic dataset")
     parser.add_argument("--output", default="runs/quickstart", help="run folder")
     parser.add_argument("--minutes", type=float, default=4.0, help="training budget (wall clock)")
-    parser.add_argument("--num-train", type=int, default=200)
+    # 2000 images: with 200 the detector learnt the training set (AP50 0.95 there) and not the task
+    # (0.58 on the test split, docs/recipe.md); drawing them takes seconds, in parallel processes
+    parser.add_argument("--num-train", type=int, default=2000)
     parser.add_argument("--num-test", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
