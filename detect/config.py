@@ -123,6 +123,7 @@ DEFAULTS: Dict[str, Any] = {
         "classes": [],             # class names in label order; empty: from the training annotations
         "category_map": {},        # rename annotation names, {name: class} or {name: null} to drop
         "num_workers": 2,
+        "max_unreadable": 0.01,    # share of training images that may fail to read (each replaced) before the run stops
     },
     "train": {
         "max_iter": 1000,

@@ -192,6 +192,11 @@ def format_metrics(metrics: Dict[str, Any]) -> str:
     if voc:
         lines.append(f"{'mean':<{width}}  {coco['AP']:6.3f}  {coco['AP50']:6.3f}  {metrics['voc']['mAP_07']:6.3f}  "
                      f"{metrics['voc']['mAP']:6.3f}")
+    skipped = metrics.get("unreadable_images", [])
+    if skipped:
+        lines.append(f"\n{len(skipped)} test image(s) could not be read and are left out with their ground truth "
+                     f"(metrics over {metrics['num_images']} images):")
+        lines += [f"  {message}" for message in skipped]
     return "\n".join(lines)
 
 
@@ -228,11 +233,22 @@ def plot_pr_curves(curves: Dict[str, Dict[str, List[float]]], path, title: str =
 
 
 def evaluate_detections(gt: Dict[str, Any], detections: Detections, backend: str = "auto",
-                        output_dir: Optional[Path] = None) -> Dict[str, Any]:
+                        output_dir: Optional[Path] = None, unreadable: Optional[Dict[int, str]] = None
+                        ) -> Dict[str, Any]:
     """COCO and VOC metrics for ``detections`` (image_id -> boxes / scores / labels in the ground
-    truth's pixels); with ``output_dir``, writes ``metrics.json`` and ``pr_curves.png`` there."""
+    truth's pixels); with ``output_dir``, writes ``metrics.json`` and ``pr_curves.png`` there.
+
+    ``unreadable`` (image id -> message): test images that could not be read. They are left out
+    with their ground truth (scoring them as all missed would measure the file, not the detector)
+    and listed in the metrics (``unreadable_images``), which :func:`format_metrics` prints.
+    """
+    if unreadable:
+        gt = {**gt, "images": [im for im in gt["images"] if im["id"] not in unreadable],
+              "annotations": [a for a in gt["annotations"] if a["image_id"] not in unreadable]}
     coco = evaluate_coco(gt, to_coco_results(detections), backend)
     metrics = {"coco": coco, "voc": evaluate_voc(gt, detections), "num_images": len(gt["images"])}
+    if unreadable:
+        metrics["unreadable_images"] = [unreadable[k] for k in sorted(unreadable)]
     if output_dir is not None:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -6,10 +6,11 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from detect.data.collate import collate_detection
+from detect.data.image_io import ImageReadError
 from detect.data.transforms import boxes_to_original
 from detect.ops.boxes import clip_boxes_np
 
@@ -26,22 +27,50 @@ def to_original(det: Dict[str, torch.Tensor], target: Dict[str, Any]) -> Dict[st
             "labels": det["labels"].detach().cpu().numpy().astype(np.int64)}
 
 
+class ReadableItems(Dataset):
+    """``dataset``'s items, with an image that cannot be read given as ``(None, {"image_id",
+    "unreadable": message})``: the error is caught where the image is read (a DataLoader worker), so
+    one bad file costs its own result, not the run, and reaches the user as one line naming it."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.dataset[index]
+        except ImageReadError as e:
+            return None, {"image_id": self.dataset.records[index].image_id, "unreadable": str(e)}
+
+
 @torch.no_grad()
 def predict_dataset(model: torch.nn.Module, dataset, device: torch.device, batch_size: int = 2,
-                    num_workers: int = 0, progress: bool = True) -> Tuple[Dict[int, Dict[str, np.ndarray]], Dict[str, float]]:
-    """Detections per image id (original pixels) for every item of ``dataset``, and timings.
+                    num_workers: int = 0, progress: bool = True
+                    ) -> Tuple[Dict[int, Dict[str, np.ndarray]], Dict[str, float], Dict[int, str]]:
+    """Detections per image id (original pixels) for every readable item of ``dataset``, timings,
+    and the images that could not be read (image id -> ``"path: reason"``).
 
-    ``dataset`` yields ``(image, target)`` with the test transform (``scale`` in the target).
+    ``dataset`` yields ``(image, target)`` with the test transform (``scale`` in the target) and
+    has ``records`` (a :class:`detect.data.dataset.DetectionDataset`).
     """
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+    loader = DataLoader(ReadableItems(dataset), batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_detection, persistent_workers=False)
     was_training = model.training
     model.eval()
     detections: Dict[int, Dict[str, np.ndarray]] = {}
+    unreadable: Dict[int, str] = {}
     model_time = proposal_time = 0.0
     start = time.perf_counter()
     for images, targets in tqdm(loader, desc="inference", disable=not progress, leave=False):
-        images = [im.to(device, non_blocking=True) for im in images]
+        for target in targets:
+            if "unreadable" in target:
+                unreadable[int(target["image_id"])] = target["unreadable"]
+        targets = [t for t in targets if "unreadable" not in t]
+        images = [im.to(device, non_blocking=True) for im in images if im is not None]
+        if not images:
+            continue
         t0 = time.perf_counter()
         if all("proposals" in t for t in targets):  # Fast R-CNN / R-CNN with a proposals file
             outputs = model(images, proposals=[t["proposals"] for t in targets])
@@ -59,4 +88,4 @@ def predict_dataset(model: torch.nn.Module, dataset, device: torch.device, batch
     return detections, {"images": len(detections), "seconds_per_image": total / n,
                         "model_seconds_per_image": model_time / n,
                         "proposal_seconds_per_image": proposal_time / n,
-                        "network_seconds_per_image": (model_time - proposal_time) / n}
+                        "network_seconds_per_image": (model_time - proposal_time) / n}, unreadable

@@ -31,6 +31,8 @@ from detect.config import Config, save_config
 from detect.data.build import build_dataset
 from detect.proposals.cache import attach_proposals
 from detect.data.coco import to_coco_dict
+from detect.data.dataset import DatasetError
+from detect.data.image_io import ImageReadError
 from detect.data.collate import collate_detection
 from detect.data.samplers import GroupedBatchSampler, InfiniteSampler, aspect_ratio_groups
 from detect.data.transforms import build_transforms
@@ -61,7 +63,14 @@ def seed_all(seed: int) -> None:
 
 class SeededItems(Dataset):
     """Wraps a dataset so an item is asked for as ``(index, seed)``: the transform's random draws
-    come from that seed, not from whichever worker process loads the item."""
+    come from that seed, not from whichever worker process loads the item.
+
+    An image that cannot be read is replaced by another of the set, drawn from the same seed (a
+    resumed run makes the same replacement); the target then names the files replaced
+    (``unreadable``) so that the training loop reports each once and counts them.
+    """
+
+    MAX_DRAWS = 20
 
     def __init__(self, dataset):
         self.dataset = dataset
@@ -71,8 +80,19 @@ class SeededItems(Dataset):
 
     def __getitem__(self, key: Tuple[int, int]):
         index, seed = key
-        self.dataset.transforms.set_seed(seed)
-        return self.dataset[index]
+        unreadable: List[str] = []
+        for draw in range(self.MAX_DRAWS):
+            self.dataset.transforms.set_seed(seed)
+            try:
+                image, target = self.dataset[index]
+            except ImageReadError as e:
+                unreadable.append(str(e))
+                index = int(np.random.default_rng([seed, draw]).integers(len(self.dataset)))
+                continue
+            if unreadable:
+                target["unreadable"] = unreadable
+            return image, target
+        raise ImageReadError(f"{self.MAX_DRAWS} training images in a row could not be read", "; ".join(unreadable[:3]))
 
 
 class SeededBatches:
@@ -182,8 +202,11 @@ def evaluate(model: torch.nn.Module, cfg: Config, device: torch.device, output_d
     test_set = build_dataset(cfg, "test", transforms=build_transforms(cfg, train=False), class_names=cfg.data.classes)
     if uses_proposals(cfg):  # without a test proposals file the model runs selective search itself
         attach_proposals(test_set, cfg, "test", cfg.model.proposals.topk_test, required=False)
-    detections, timing = predict_dataset(model, test_set, device, cfg.test.batch_size, cfg.data.num_workers, progress)
-    metrics = evaluate_detections(to_coco_dict(test_set), detections, output_dir=output_dir)
+    detections, timing, unreadable = predict_dataset(model, test_set, device, cfg.test.batch_size,
+                                                     cfg.data.num_workers, progress)
+    for message in unreadable.values():
+        logger.warning("test image left out of the evaluation: %s", message)
+    metrics = evaluate_detections(to_coco_dict(test_set), detections, output_dir=output_dir, unreadable=unreadable)
     metrics["timing"] = timing
     if output_dir is not None:
         path = Path(output_dir) / "metrics.json"
@@ -231,6 +254,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.iteration = 0
         self.elapsed = 0.0
+        self.unreadable: List[str] = []  # training images that could not be read (each reported once)
         self.last_checkpoint: Optional[Path] = None
         if resume:
             self._resume()
@@ -334,6 +358,7 @@ class Trainer:
                 break
             step_start = time.perf_counter()
             images, targets = next(loader_iter)
+            self._note_unreadable(targets)
             images = [im.to(self.device, non_blocking=True) for im in images]
             targets = [{k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in t.items()} for t in targets]
             factor = lr_factor(cfg, self.iteration, progress)
@@ -394,6 +419,22 @@ class Trainer:
             metrics = self._evaluate(log_file, final=True)
         dist.barrier()
         return metrics
+
+    def _note_unreadable(self, targets: List[Dict[str, Any]]) -> None:
+        """Report each unreadable training image once; stop when more than ``data.max_unreadable`` of
+        the set could not be read (a broken copy of a dataset should not train quietly on the rest)."""
+        for target in targets:
+            for message in target.pop("unreadable", ()):
+                if message not in self.unreadable:
+                    self.unreadable.append(message)
+                    logger.warning("training image unreadable, another of the set takes its place: %s", message)
+        limit = self.cfg.data.max_unreadable * len(self.train_set)
+        # every rank stops at the same iteration (the most any rank has seen), none waits in an all-reduce
+        seen = int(dist.all_reduce_max(float(len(self.unreadable))))
+        if seen > limit:
+            shown = "\n  ".join(self.unreadable[:10])
+            raise DatasetError(f"{seen} training images could not be read, more than "
+                               f"data.max_unreadable={self.cfg.data.max_unreadable:g} of {len(self.train_set)}:\n  {shown}")
 
     def _log(self, log_file: Path, window: List[Dict[str, float]], images_seen: int, window_start: float,
              lr: float, bar) -> None:

@@ -1,6 +1,7 @@
 """End-to-end training on tiny synthetic data: overfitting, exact resume, divergence, safe checkpoints."""
 import json
 import pickle
+import re
 
 import pytest
 import torch
@@ -199,3 +200,72 @@ def test_optimizer_choice_keeps_decay_off_norms_and_biases(four_images):
         assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim <= 1 for p in free["params"])
         assert len(decayed["params"]) + len(free["params"]) == len(list(model.parameters()))
         assert (opt.defaults["betas"][0] if name == "adamw" else opt.defaults["momentum"]) == 0.8
+
+
+def test_an_unreadable_test_image_is_left_out_and_named(tmp_path, caplog):
+    import shutil
+
+    from detect.data.build import build_dataset
+    from detect.data.coco import to_coco_dict
+    from detect.engine.evaluation import evaluate_detections, format_metrics
+    from detect.engine.inference import predict_dataset
+    from detect.engine.trainer import evaluate
+    from detect.data.transforms import build_transforms
+    from detect.models import build_model
+
+    data = generate_dataset(tmp_path / "d", num_train=2, num_test=3, seed=5, long_side=128, max_objects=3)
+    cfg = tiny_config(data, "train.max_iter=1", f"data.test.ann_file={data}/test.json",
+                      "model.roi_head.score_thresh=0.0", "data.num_workers=2")
+    cfg.data.classes = ["rectangle", "ellipse", "triangle"]
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    # the reference: the same model over the two readable images, the third image absent from the ground truth
+    test_set = build_dataset(cfg, "test", transforms=build_transforms(cfg, train=False), class_names=cfg.data.classes)
+    detections, _, unreadable = predict_dataset(model, test_set, torch.device("cpu"), progress=False)
+    assert unreadable == {} and len(detections) == 3
+    gt = to_coco_dict(test_set)
+    bad = max(test_set.records, key=lambda r: len(r.boxes))  # the image with the most ground truth
+    reference = evaluate_detections({**gt, "images": [i for i in gt["images"] if i["id"] != bad.image_id],
+                                     "annotations": [a for a in gt["annotations"] if a["image_id"] != bad.image_id]},
+                                    {k: v for k, v in detections.items() if k != bad.image_id})
+    # scoring the image as all missed instead would change the figures (so the comparison below can fail)
+    as_missed = evaluate_detections(gt, {k: v for k, v in detections.items() if k != bad.image_id})
+    assert 0 < as_missed["coco"]["AR100"] < reference["coco"]["AR100"]
+
+    shutil.copy(bad.path, tmp_path / "whole.jpg")
+    bad.path.write_bytes((tmp_path / "whole.jpg").read_bytes()[:-300])  # cut short: no end-of-image marker
+    with caplog.at_level("WARNING", logger="detect"):
+        metrics = evaluate(model, cfg, torch.device("cpu"), output_dir=tmp_path / "eval", progress=False)
+    message = f"{bad.path}: truncated JPEG (no end-of-image marker)"
+    assert metrics["num_images"] == 2 and metrics["unreadable_images"] == [message]
+    assert metrics["coco"] == reference["coco"] and metrics["voc"] == reference["voc"]
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["unreadable_images"] == [message] and saved["num_images"] == 2
+    assert f"test image left out of the evaluation: {message}" in caplog.text and "Traceback" not in caplog.text
+    assert f"1 test image(s) could not be read and are left out with their ground truth (metrics over 2 images):\n" \
+           f"  {message}" in format_metrics(metrics)
+
+
+def test_an_unreadable_training_image_is_replaced_and_reported_once(tmp_path, caplog):
+    from detect.data.dataset import DatasetError
+
+    data = generate_dataset(tmp_path / "d", num_train=4, num_test=1, seed=6, long_side=96, max_objects=2)
+    bad = data / "images" / "train" / "000002.jpg"
+    bad.write_bytes(bad.read_bytes()[:-200])  # cut short: no end-of-image marker
+    cfg = tiny_config(data, "train.max_iter=8", "data.test.ann_file=null", "data.num_workers=2",
+                      "data.max_unreadable=0.25", "input.min_size=96", "input.max_size=96")
+    with caplog.at_level("WARNING", logger="detect"):
+        train(cfg, tmp_path / "run", progress=False)
+    message = f"{bad}: truncated JPEG (no end-of-image marker)"
+    warnings = [r.getMessage() for r in caplog.records if "training image unreadable" in r.getMessage()]
+    assert warnings == [f"training image unreadable, another of the set takes its place: {message}"]
+    assert "Traceback" not in caplog.text
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert max(r["iteration"] for r in rows) == 8  # the run went on to its end
+
+    # one unreadable image of four is more than a 10% share: the run stops, naming the file
+    cfg = tiny_config(data, "train.max_iter=8", "data.test.ann_file=null", "data.max_unreadable=0.1",
+                      "input.min_size=96", "input.max_size=96")
+    with pytest.raises(DatasetError, match="1 training images could not be read, more than data.max_unreadable=0.1 "
+                                           "of 4:\n  " + re.escape(message)):
+        train(cfg, tmp_path / "stopped", progress=False)
