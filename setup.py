@@ -40,7 +40,7 @@ setup(
         "numba>=0.59",
     ],
     extras_require={
-        "dev": ["pytest>=7.4,<10", "pytest-timeout>=2.1,<3"],
+        "dev": ["pytest>=7.4,<10", "pytest-timeout>=2.1,<3", "hypothesis>=6.100,<7"],
         "fast-eval": ["faster-coco-eval>=1.6,<2"],
     },
     classifiers=[

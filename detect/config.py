@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import difflib
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -182,6 +183,16 @@ _CHOICES: Dict[str, Sequence[str]] = {
     "data.train.format": ("coco", "voc"),
     "data.test.format": ("coco", "voc"),
 }
+# Numbers outside these closed ranges are mistakes (a negative max_iter used to train one iteration).
+_RANGES: Dict[str, Tuple[float, float]] = {
+    "train.max_iter": (1, math.inf), "train.max_minutes": (0, math.inf), "train.batch_size": (1, math.inf),
+    "train.lr": (0, math.inf), "train.warmup_iters": (0, math.inf), "train.checkpoint_period": (0, math.inf),
+    "train.log_period": (1, math.inf), "train.eval_period": (0, math.inf), "train.ema": (0, 0.999999),
+    "train.grad_clip": (0, math.inf), "train.weight_decay": (0, math.inf), "train.gamma": (0, math.inf),
+    "test.batch_size": (1, math.inf), "data.num_workers": (0, math.inf), "data.max_unreadable": (0, 1),
+    "input.min_size": (1, math.inf), "input.min_size_test": (1, math.inf), "input.max_size": (1, math.inf),
+    "input.flip_prob": (0, 1), "input.crop_prob": (0, 1), "input.color_jitter": (0, math.inf),
+}
 _TYPE_NAMES = {bool: "true/false", int: "integer", float: "number", str: "string", list: "list",
                dict: "mapping", type(None): "null"}
 
@@ -232,6 +243,13 @@ def config_from_dict(data: Dict[str, Any], source: str = "checkpoint") -> Config
     return _to_config(cfg)
 
 
+def _yaml_problem(error: Exception) -> str:
+    """PyYAML's error on one line: what is wrong and where (its own text spans several lines)."""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    mark = getattr(error, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
+
+
 def apply_overrides(cfg: Dict[str, Any], overrides: Iterable[str]) -> None:
     """Apply ``"a.b.c=value"`` strings in place; values are parsed as YAML."""
     for item in overrides:
@@ -242,7 +260,7 @@ def apply_overrides(cfg: Dict[str, Any], overrides: Iterable[str]) -> None:
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
-            raise ConfigError(f"command line: cannot parse the value of {key!r}: {e}") from None
+            raise ConfigError(f"command line: cannot parse the value of {key!r} ({raw!r}): {_yaml_problem(e)}") from None
         nested: Dict[str, Any] = {}
         node = nested
         parts = key.split(".")
@@ -267,7 +285,7 @@ def _read_with_bases(path: Path, chain: Tuple[Path, ...]) -> List[Tuple[str, Dic
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        raise ConfigError(f"{path}: invalid YAML: {_yaml_problem(e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must be a mapping of keys, got {type(data).__name__}")
     bases = data.pop(BASE_KEY, None) or []
@@ -346,6 +364,12 @@ def _check_value(key: str, value: Any, default: Any, source: str) -> Any:
     if key in _CHOICES and not isinstance(value, list) and value not in _CHOICES[key]:
         also = " or a list" if list in allowed else ""
         raise ConfigError(f"{source}: {key!r} must be one of {list(_CHOICES[key])}{also}, got {value!r}")
+    if key in _RANGES:
+        low, high = _RANGES[key]
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, (int, float)) and not (low <= v <= high and v == v):
+                within = f">= {low:g}" if high == math.inf else f"between {low:g} and {high:g}"
+                raise ConfigError(f"{source}: {key!r} must be {within}, got {v!r}")
     if isinstance(value, int) and not isinstance(value, bool) and float in allowed:
         value = float(value)
     return copy.deepcopy(value)

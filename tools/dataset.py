@@ -20,7 +20,7 @@ from pathlib import Path
 from detect.config import load_config
 from detect.data.build import build_dataset
 from detect.data.coco import to_coco_dict
-from detect.data.stats import dataset_stats, format_stats
+from detect.data.stats import dataset_stats, format_stats, unreadable_images
 from detect.utils.cli import run_cli, setup_logging
 from detect.utils.visualize import draw_boxes, write_image
 
@@ -49,7 +49,10 @@ def load_dataset(args):
 
 def cmd_stats(args) -> int:
     logging.getLogger("detect").setLevel(logging.ERROR)  # problems are listed in the report itself
-    stats = dataset_stats(load_dataset(args))
+    dataset = load_dataset(args)
+    stats = dataset_stats(dataset)
+    if args.images:  # decoding every file finds what the annotations cannot show (truncated files)
+        stats["problems"] += unreadable_images(dataset)
     print(format_stats(stats))
     if args.json:
         Path(args.json).write_text(json.dumps(stats, indent=2))
@@ -114,6 +117,8 @@ def main(argv=None) -> int:
     p = sub.add_parser("stats", help="images, boxes per class, box sizes, problems found")
     add_source_args(p)
     p.add_argument("--json", help="also write the statistics as json")
+    p.add_argument("--images", action=argparse.BooleanOptionalAction, default=True,
+                   help="decode every image to find unreadable or truncated files (--no-images: annotations only)")
     p.set_defaults(func=cmd_stats)
     p = sub.add_parser("convert", help="write the dataset's annotations as COCO json (e.g. VOC -> COCO)")
     add_source_args(p)

@@ -17,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 
+from detect.data.dataset import DatasetError
 from detect.engine.infer_folder import VIDEO_EXTENSIONS, format_summary, run_folder, run_video
 from detect.engine.predictor import Predictor
 from detect.utils.cli import run_cli, setup_logging
@@ -37,6 +38,10 @@ def main(argv=None) -> int:
     parser.add_argument("--every", type=int, default=1, help="videos: process every k-th frame")
     args = parser.parse_args(argv)
     setup_logging()
+    if args.batch_size < 1 or args.workers < 0 or args.every < 1:
+        parser.error("--batch-size and --every must be at least 1, --workers at least 0")
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise DatasetError(f"--output {args.output}: a file of that name exists; the output is a folder")
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, score_thresh=args.score_thresh)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     progress = os.environ.get("CI") != "true"

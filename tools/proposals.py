@@ -28,8 +28,12 @@ from detect.utils.cli import run_cli, setup_logging
 def cmd_compute(args) -> int:
     cfg = load_config(args.config, args.overrides)
     dataset = build_dataset(cfg, args.split)
-    output = args.output or default_proposals_path(cfg, args.split, args.mode)
-    summary = compute_proposals(dataset.records, output, mode=args.mode, seed=args.seed, max_side=args.max_side,
+    p = cfg.model.proposals  # the settings the model uses on the fly, unless given here
+    mode = args.mode or p.mode
+    seed = p.seed if args.seed is None else args.seed
+    max_side = (p.max_side or None) if args.max_side is None else args.max_side
+    output = args.output or default_proposals_path(cfg, args.split, mode)
+    summary = compute_proposals(dataset.records, output, mode=mode, seed=seed, max_side=max_side,
                                 workers=args.workers, overwrite=args.overwrite, dataset=dataset.description)
     print(f"{summary['output']}: {summary['images']} images, {summary['computed']} computed, "
           f"{summary['reused']} already done, {len(summary['failed'])} unreadable "
@@ -60,9 +64,10 @@ def main(argv=None) -> int:
     p.add_argument("--config", required=True)
     p.add_argument("--split", default="train", choices=["train", "test"], help="which data.<split> to use")
     p.add_argument("--output", help="proposals file (.npz)")
-    p.add_argument("--mode", default="fast", choices=["single", "fast", "quality"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-side", type=int, default=None, help="search a copy downscaled to this longer side")
+    p.add_argument("--mode", default=None, choices=["single", "fast", "quality"], help="default: model.proposals.mode")
+    p.add_argument("--seed", type=int, default=None, help="default: model.proposals.seed")
+    p.add_argument("--max-side", type=int, default=None,
+                   help="search a copy downscaled to this longer side (default: model.proposals.max_side)")
     p.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
     p.add_argument("--overwrite", action="store_true", help="recompute even if the file or a partial run exists")
     p.add_argument("overrides", nargs="*")

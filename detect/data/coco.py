@@ -7,6 +7,7 @@ id, so labels are ``1..C`` in that order unless ``classes`` fixes another order.
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Union
@@ -14,6 +15,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 from detect.data.dataset import (CategoryMap, DatasetError, DetectionDataset, ImageRecord, Problem,
                                  RawObject, Transform, clean_objects,
                                  image_size_from_file)
+
+LOG = logging.getLogger(__name__)
 
 
 def read_json(path: Union[str, Path], what: str) -> dict:
@@ -70,7 +73,11 @@ def load_coco(ann_file: Union[str, Path], img_dir: Union[str, Path],
         bbox = ann.get("bbox")
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
             raise DatasetError(f"{ann_file}: annotation id {ann_id} has no [x, y, w, h] bbox: {bbox!r}")
-        x, y, w, h = (float(v) for v in bbox)
+        try:
+            x, y, w, h = (float(v) for v in bbox)
+        except (TypeError, ValueError):
+            raise DatasetError(f"{ann_file}: annotation id {ann_id} has a bbox that is not four numbers: "
+                               f"{bbox!r}") from None
         objects_by_image[ann.get("image_id")].append(RawObject(
             name=cat_names[ann["category_id"]], box=(x, y, x + w, y + h),
             ignore=bool(ann.get("iscrowd", 0) or ann.get("ignore", 0)), ref=f"annotation id {ann_id}"))
@@ -81,6 +88,9 @@ def load_coco(ann_file: Union[str, Path], img_dir: Union[str, Path],
         raise DatasetError(f"{ann_file}: annotations refer to image ids that are not in 'images': "
                            f"{sorted(orphans, key=str)[:10]}")
 
+    if not data.get("annotations"):
+        LOG.warning("%s: no annotations at all: every image is a background image (nothing to learn to detect)",
+                    ann_file)
     problems: List[Problem] = []
     records = []
     for img in data["images"]:
@@ -110,6 +120,10 @@ def _record(img: dict, img_dir: Path, ann_file: Path, objects: List[RawObject],
         raise DatasetError(f"{ann_file}: image ids must be integers, got {img['id']!r}")
     path = img_dir / img["file_name"]
     width, height = img.get("width"), img.get("height")
+    for key, value in (("width", width), ("height", height)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
+                                  or value != value):
+            raise DatasetError(f"{ann_file}: image {img['file_name']!r} has {key} {value!r}, not a size in pixels")
     if not width or not height:
         width, height = image_size_from_file(path, f"{ann_file}: image {img['file_name']!r}")
     source = f"{ann_file}: image {img['file_name']!r}"

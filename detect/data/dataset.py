@@ -137,7 +137,11 @@ def clean_objects(objects: Sequence[RawObject], categories: CategoryMap, width: 
                                     f"category {obj.name!r} dropped by data.category_map"))
             continue
         box = np.asarray(obj.box, dtype=np.float32)
-        if not np.isfinite(box).all() or not nonempty_boxes(box[None])[0]:
+        if not np.isfinite(box).all():
+            problems.append(Problem(source, ref, "degenerate",
+                                    f"box {obj.box} ({obj.name}) has coordinates that are not finite, dropped"))
+            continue
+        if not nonempty_boxes(box[None])[0]:
             problems.append(Problem(source, ref, "degenerate",
                                     f"degenerate box {obj.box} ({obj.name}): zero or negative size, dropped"))
             continue

@@ -4,9 +4,17 @@ The result is always ``HxWx3`` uint8 RGB as displayed: EXIF orientation applied 
 stored sideways is returned upright, so boxes refer to what a person sees), grayscale expanded to
 three channels, the alpha channel of RGBA dropped, 16-bit and float images brought to 8 bits.
 
-Failures raise :class:`ImageReadError` naming the file and the reason, never a bare OpenCV error:
-callers that can go on (image folders) catch it, report and skip; callers that cannot (a training
-set) let it stop the run with that message.
+Failures raise :class:`ImageReadError` naming the file and the reason, never a bare OpenCV error.
+Every caller goes on without the file and says so: inference lists it in ``skipped.json``,
+evaluation leaves the image and its ground truth out and names it in ``metrics.json``, training
+replaces it by another image of the set (and stops past ``data.max_unreadable``).
+
+A file cut short (a JPEG without its end-of-image marker, a PNG without its IEND chunk) is refused,
+not decoded as far as it goes. OpenCV would return the image with the missing rows grey and PIL
+refuses it; we refuse it in training, evaluation and inference alike, because the grey part is not
+the scene: boxes annotated there would teach the detector that a flat grey area is an object,
+ground truth there would count as missed in every evaluation, and a detection run would report
+"no objects" for a part of the photo it never saw. A partial download is better re-fetched than used.
 """
 from __future__ import annotations
 

@@ -1,12 +1,14 @@
-"""Dataset statistics, from the annotations alone (no image is decoded)."""
+"""Dataset statistics from the annotations, and a check that every image file can be read."""
 from __future__ import annotations
 
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
 from detect.data.dataset import DetectionDataset
+from detect.data.image_io import ImageReadError, read_image
 from detect.ops.boxes import box_area
 
 # Edges of sqrt(box area) in pixels; 32 and 96 are COCO's small / medium / large limits.
@@ -44,6 +46,25 @@ def dataset_stats(dataset: DetectionDataset) -> Dict[str, Any]:
         "problems": [{"file": p.file, "object": p.obj, "kind": p.kind, "message": p.message}
                      for p in dataset.problems],
     }
+
+
+def unreadable_images(dataset: DetectionDataset, workers: int = 4) -> List[Dict[str, Any]]:
+    """Decode every image file of ``dataset`` (threads: OpenCV releases the GIL) and return the ones
+    training would replace and evaluation leave out, as ``problems`` rows: missing, empty, cut
+    short, not an image, or of another size than the annotations say."""
+    def check(record) -> Dict[str, Any]:
+        try:
+            image = read_image(record.path)
+        except ImageReadError as e:
+            return {"file": str(record.path), "object": None, "kind": "unreadable", "message": e.reason or str(e)}
+        h, w = image.shape[:2]
+        if (h, w) != (record.height, record.width):
+            return {"file": str(record.path), "object": None, "kind": "size",
+                    "message": f"the image is {w}x{h}, the annotations say {record.width}x{record.height}"}
+        return {}
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        return [row for row in pool.map(check, dataset.records) if row]
 
 
 def boxes_at_training_scale(dataset: DetectionDataset, transform) -> Tuple[np.ndarray, np.ndarray]:

@@ -52,6 +52,8 @@ def parse_voc_xml(xml_file: Path) -> Tuple[Optional[str], int, int, List[RawObje
         box_el = obj.find("bndbox")
         if name_el is None or box_el is None:
             raise DatasetError(f"{xml_file}, object {index}: missing <name> or <bndbox>")
+        if not (name_el.text or "").strip():
+            raise DatasetError(f"{xml_file}, object {index}: <name> is empty (every object needs its class name)")
         x1, y1, x2, y2 = (_number(box_el, k, xml_file, index) for k in ("xmin", "ymin", "xmax", "ymax"))
         if x2 > x1 and y2 > y1:
             x1, y1 = x1 - 1, y1 - 1  # 1-based inclusive -> 0-based continuous

@@ -11,7 +11,7 @@ import copy
 import os
 import random
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 import torch
@@ -47,13 +47,58 @@ def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, truncated zip files, foreign objects refused by weights_only
-        raise CheckpointError(f"{path}: not a readable detect checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        raise CheckpointError(f"{path}: not a readable detect checkpoint: {_why_unreadable(path, e)}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path}: not a {FORMAT} checkpoint (found {found!r}); it may come from another "
                               f"version of detect or another library")
     return state
+
+
+def check_checkpoint_matches(state: Dict[str, Any], cfg, path) -> None:
+    """Refuse a checkpoint made for another model (type, backbone, classes) with a clear message."""
+    saved = state.get("config", {}).get("model", {})
+    ours = cfg.model
+    problems = []
+    if saved.get("type") != ours.type:
+        problems.append(f"model type {saved.get('type')!r} (config: {ours.type!r})")
+    for key in ("name", "fpn"):
+        if saved.get("backbone", {}).get(key) != ours.backbone[key]:
+            problems.append(f"backbone {key} {saved.get('backbone', {}).get(key)!r} (config: {ours.backbone[key]!r})")
+    names = state.get("class_names", [])
+    if list(names) != list(cfg.data.classes):
+        problems.append(f"{len(names)} classes {list(names)} (config: {len(cfg.data.classes)} {list(cfg.data.classes)})")
+    if problems:
+        raise CheckpointError(f"checkpoint {path} does not match the config: it has " + "; ".join(problems))
+
+
+def config_differences(saved: Any, ours: Any, prefix: str) -> List[str]:
+    """``"key: A in the checkpoint, B now"`` for every leaf where two config trees differ."""
+    if isinstance(saved, dict) and isinstance(ours, dict):
+        out: List[str] = []
+        for key in sorted(set(saved) | set(ours)):
+            out += config_differences(saved.get(key), ours.get(key), f"{prefix}.{key}")
+        return out
+    return [] if saved == ours else [f"{prefix}: {saved!r} in the checkpoint, {ours!r} now"]
+
+
+def _why_unreadable(path: Path, error: Exception) -> str:
+    """What is wrong with a file ``torch.load`` refused, in the user's terms (PyTorch's own message
+    suggests ``weights_only=False``: wrong for a corrupt file, and unsafe for an untrusted one)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    text = str(error)
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK"):  # torch.save's zip format
+        if "Weights only load failed" in text:
+            return ("it holds Python objects besides tensors and plain values, which could run code when loaded; "
+                    "refused (detect's checkpoints never hold any)")
+        return ("the file is truncated or corrupt (its zip archive cannot be read); detect writes a checkpoint "
+                "whole or not at all, so this one was damaged or cut after it was written")
+    if head[:1] == b"\x80":  # a pickle of the legacy format
+        return "a legacy pickled file, not a detect checkpoint; refused, since unpickling it could run code"
+    return "not a PyTorch checkpoint at all (the file does not start like one)"
 
 
 def model_weights(state: Dict[str, Any]) -> Dict[str, torch.Tensor]:
@@ -112,7 +157,6 @@ def load_model(path: Union[str, Path], config: Optional[Union[str, Path]] = None
     set's path). Returns ``(model, cfg)``; the model is in eval mode on ``device``.
     """
     from detect.config import apply_overrides, config_from_dict, load_config
-    from detect.engine.trainer import check_checkpoint_matches
     from detect.models import build_model
 
     state = load_checkpoint(path)
@@ -131,10 +175,7 @@ def load_model(path: Union[str, Path], config: Optional[Union[str, Path]] = None
         cfg = config_from_dict(data, source=f"config stored in {path}")
     if not cfg.data.classes:
         cfg.data.classes = list(state.get("class_names") or [])
-    try:
-        check_checkpoint_matches(state, cfg, path)
-    except ValueError as e:
-        raise CheckpointError(str(e)) from None
+    check_checkpoint_matches(state, cfg, path)
     model = build_model(cfg)
     try:
         missing, unexpected = model.load_state_dict(model_weights(state), strict=False)

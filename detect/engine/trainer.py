@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -39,7 +40,8 @@ from detect.data.transforms import build_transforms
 from detect.engine import distributed as dist
 from detect.engine.device import resolve_device
 from detect.engine.ema import WeightEMA
-from detect.engine.checkpoint import (find_last_checkpoint, load_checkpoint, model_weights, rng_state,
+from detect.engine.checkpoint import (CheckpointError, check_checkpoint_matches, config_differences,
+                                      find_last_checkpoint, load_checkpoint, model_weights, rng_state,
                                       save_checkpoint, set_rng_state, write_last_checkpoint)
 from detect.engine.evaluation import evaluate_detections, format_metrics
 from detect.engine.inference import predict_dataset
@@ -155,21 +157,22 @@ def uses_proposals(cfg: Config) -> bool:
     return cfg.model.type in ("fast_rcnn", "rcnn")
 
 
-def check_checkpoint_matches(state: Dict[str, Any], cfg: Config, path) -> None:
-    """Refuse a checkpoint made for another model (class count, backbone) with a clear message."""
-    saved = state.get("config", {}).get("model", {})
-    ours = cfg.model
-    problems = []
-    if saved.get("type") != ours.type:
-        problems.append(f"model type {saved.get('type')!r} (config: {ours.type!r})")
-    for key in ("name", "fpn"):
-        if saved.get("backbone", {}).get(key) != ours.backbone[key]:
-            problems.append(f"backbone {key} {saved.get('backbone', {}).get(key)!r} (config: {ours.backbone[key]!r})")
-    names = state.get("class_names", [])
-    if list(names) != list(cfg.data.classes):
-        problems.append(f"{len(names)} classes {list(names)} (config: {len(cfg.data.classes)} {list(cfg.data.classes)})")
-    if problems:
-        raise ValueError(f"checkpoint {path} does not match the config: it has " + "; ".join(problems))
+def trim_log(log_file: Path, iteration: int) -> None:
+    """Drop the rows a killed run logged after its last checkpoint (the resumed run logs those
+    iterations again), and a last line the kill cut short; rewritten atomically."""
+    if not log_file.is_file():
+        return
+    kept = []
+    for line in log_file.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and row.get("iteration", 0) <= iteration:
+            kept.append(line)
+    tmp = log_file.with_name(f".{log_file.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, log_file)
 
 
 def loss_curve(log_file: Path, out: Path) -> None:
@@ -234,6 +237,9 @@ class Trainer:
         self.train_set = build_dataset(cfg, "train", transforms=build_transforms(cfg, train=True))
         if uses_proposals(cfg):
             attach_proposals(self.train_set, cfg, "train", cfg.model.proposals.topk_train, required=True)
+        if not any(int((~r.ignore).sum()) for r in self.train_set.records):
+            raise DatasetError(f"{self.train_set.description}: no box to learn from in {len(self.train_set)} images "
+                               f"(no annotations, or every one dropped or ignored; tools/dataset.py stats lists them)")
         if not cfg.data.classes:
             cfg.data.classes = list(self.train_set.class_names)
         if cfg.model.type == "faster_rcnn" and model is None:
@@ -258,6 +264,8 @@ class Trainer:
         self.last_checkpoint: Optional[Path] = None
         if resume:
             self._resume()
+        if dist.is_main():  # the log holds each iteration once: none from after the checkpoint, or of an older run
+            trim_log(self.output_dir / "log.jsonl", self.iteration)
         self.ddp_model = self.model
         if self.world > 1:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
@@ -294,15 +302,28 @@ class Trainer:
             logger.info("no checkpoint in %s: starting from scratch", self.output_dir)
             return
         state = load_checkpoint(path)
-        check_checkpoint_matches(state, self.cfg, path)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.ema is not None and "ema" in state:
-            self.ema.load_state_dict(state["ema"])
+        hint = (f"; --resume continues a run with the config it started with ({self.output_dir / 'config.yaml'}), "
+                f"or choose another --output-dir")
+        try:
+            check_checkpoint_matches(state, self.cfg, path)
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}{hint}") from None
+        except (RuntimeError, ValueError, KeyError):  # shapes or parameter groups of another model
+            changed = config_differences(state.get("config", {}).get("model", {}), self.cfg.to_dict()["model"], "model")
+            raise CheckpointError(f"{path} was made with another config ({'; '.join(changed[:6]) or 'other weights'})"
+                                  f"{hint}") from None
+        if self.ema is not None:
+            if "ema" in state:
+                self.ema.load_state_dict(state["ema"])
+            else:  # model_final.pth: its weights already are the average
+                self.ema = WeightEMA(self.model, self.cfg.train.ema)
         if "scaler" in state and self.use_amp:
             self.scaler.load_state_dict(state["scaler"])
         self.iteration, self.elapsed = int(state["iteration"]), float(state["elapsed"])
-        set_rng_state(state["rng"])
+        per_rank = state.get("rng_per_rank") or []  # each process's own stream under DDP
+        set_rng_state(per_rank[self.rank] if len(per_rank) == self.world else state["rng"])
         self.last_checkpoint = path
         logger.info("resumed from %s at iteration %d", path, self.iteration)
 
@@ -324,16 +345,19 @@ class Trainer:
             p = max(p, self.elapsed / (60.0 * t.max_minutes))
         return dist.all_reduce_max(p)  # ranks agree on when to stop
 
-    def state(self) -> Dict[str, Any]:
+    def state(self, rng_per_rank: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict() if self.use_amp else {}, "iteration": self.iteration,
                 "elapsed": self.elapsed, "rng": rng_state(), "config": self.cfg.to_dict(),
+                **({"rng_per_rank": rng_per_rank} if rng_per_rank and len(rng_per_rank) > 1 else {}),
                 "class_names": list(self.cfg.data.classes),
                 **({"ema": self.ema.state_dict()} if self.ema is not None else {})}
 
-    def save(self, name: str) -> None:
+    def save(self, name: str, all_ranks: bool = True) -> None:
+        """Write a checkpoint (rank 0); with ``all_ranks`` every process calls this and adds its RNG state."""
+        rng_per_rank = dist.gather_objects(rng_state()) if self.world > 1 and all_ranks else None
         if dist.is_main():
-            save_checkpoint(self.output_dir / name, self.state())
+            save_checkpoint(self.output_dir / name, self.state(rng_per_rank))
             write_last_checkpoint(self.output_dir, name)
         self.last_checkpoint = self.output_dir / name  # every rank names it in its messages
 
@@ -411,7 +435,7 @@ class Trainer:
             from detect.engine.rcnn import fit_svms_and_regressors
 
             fit_svms_and_regressors(self.model, cfg, self.output_dir, self.device, self.progress)
-            self.save("model_final.pth")
+            self.save("model_final.pth", all_ranks=False)
             model.train()
         if dist.is_main() and log_file.exists():
             loss_curve(log_file, self.output_dir / "loss_curve.png")

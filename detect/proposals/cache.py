@@ -24,11 +24,12 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -36,6 +37,7 @@ LOG = logging.getLogger(__name__)
 FORMAT = "detect-proposals"
 # bump when selective search changes its output for the same settings, so old caches are refused
 ALGORITHM_VERSION = 1
+FLUSH_EVERY = 20  # finished images per shard of a partial run: what a kill can cost, at most (or 60 s of work)
 
 
 class ProposalError(ValueError):
@@ -67,6 +69,18 @@ class ProposalFile:
         if self._by_key:
             return self._by_key.get(key) if key is not None else None
         return self._by_id.get(int(image_id)) if image_id is not None else None
+
+    def index_of_path(self, path: Union[str, Path]) -> Optional[int]:
+        """Row of the one key that ``path`` ends with (a user's file keyed by COCO's ``file_name``,
+        relative to the image folder, or by any other tail of the path), or None (none, or several)."""
+        full = "/" + Path(path).resolve().as_posix().lstrip("/")
+        if not hasattr(self, "_by_name"):
+            self._by_name: Dict[str, List[int]] = {}
+            for k, i in self._by_key.items():
+                self._by_name.setdefault(k.rsplit("/", 1)[-1], []).append(i)
+        found = [i for i in self._by_name.get(full.rsplit("/", 1)[-1], [])
+                 if full.endswith("/" + str(self.keys[i]).lstrip("./"))]
+        return found[0] if len(found) == 1 else None
 
     def get(self, key: Optional[str] = None, image_id: Optional[int] = None
             ) -> Optional[Tuple[np.ndarray, Optional[np.ndarray]]]:
@@ -188,7 +202,7 @@ def search_settings(mode: str, seed: int, max_side: Optional[int]) -> Dict:
 
 def compute_proposals(records: Sequence, output, mode: str = "fast", seed: int = 0,
                       max_side: Optional[int] = None, workers: int = 0, overwrite: bool = False,
-                      progress: bool = True, flush_every: int = 20, dataset: str = "") -> Dict:
+                      progress: bool = True, flush_every: Optional[int] = None, dataset: str = "") -> Dict:
     """Selective search over ``records`` (``ImageRecord``-like: ``path``, ``image_id``) into ``output``.
 
     Resumable: finished images land in ``<output>.partial/`` and a rerun skips them. An existing
@@ -219,11 +233,14 @@ def compute_proposals(records: Sequence, output, mode: str = "fast", seed: int =
                             f"{len(records)}); choose another file or pass --overwrite")
     done = _read_partial(partial, settings)
     todo = [i for i, k in enumerate(keys) if k not in done]
+    flush_every = flush_every or FLUSH_EVERY
     failed: List[Dict[str, str]] = []
     start = time.perf_counter()
     if todo:
         partial.mkdir(parents=True, exist_ok=True)
-        (partial / "meta.json").write_text(json.dumps(meta, sort_keys=True))
+        tmp = partial / ".meta.json.tmp"  # a kill mid-write must not leave a meta.json that cannot be parsed
+        tmp.write_text(json.dumps(meta, sort_keys=True))
+        os.replace(tmp, partial / "meta.json")
         jobs = [(i, str(records[i].path), mode, seed, max_side) for i in todo]
         workers = workers or os.cpu_count() or 1
         buffer: List[Tuple[int, np.ndarray]] = []
@@ -253,6 +270,10 @@ def compute_proposals(records: Sequence, output, mode: str = "fast", seed: int =
             "reused": len(records) - len(todo), "failed": failed, "seconds": time.perf_counter() - start}
 
 
+def _settings_text(settings: Dict) -> str:
+    return ", ".join(f"{k} {settings.get(k)!r}" for k in ("mode", "seed", "max_side", "algorithm_version"))
+
+
 def _check_settings(found: Optional[Dict], wanted: Dict, where: Path) -> None:
     if found != wanted:
         raise ProposalError(f"{where}: made with other settings ({json.dumps(found, sort_keys=True)}); "
@@ -268,17 +289,23 @@ def _read_partial(partial: Path, settings: Dict) -> Dict[str, np.ndarray]:
     found = json.loads(meta_file.read_text()).get("settings") if meta_file.is_file() else None
     _check_settings(found, settings, partial)
     done: Dict[str, np.ndarray] = {}
-    for shard in sorted(partial.glob("shard_*.npz")):
+    for shard in _shards(partial):
         part = load_proposals(shard)
         for i, key in enumerate(part.keys):
             done[str(key)] = part.boxes[part.offsets[i]:part.offsets[i + 1]]
     return done
 
 
+def _shards(partial: Path) -> List[Path]:
+    """The finished shards, in order; not the temporary file of a write a kill cut short."""
+    return sorted(p for p in partial.glob("shard_*.npz") if re.fullmatch(r"shard_\d{6}\.npz", p.name))
+
+
 def _flush(partial: Path, buffer: List[Tuple[int, np.ndarray]], keys: List[str], records: Sequence) -> None:
     if not buffer:
         return
-    n = len(list(partial.glob("shard_*.npz")))
+    shards = _shards(partial)
+    n = int(shards[-1].name[6:12]) + 1 if shards else 0
     write_proposals(partial / f"shard_{n:06d}.npz", [keys[i] for i, _ in buffer],
                     [records[i].image_id for i, _ in buffer], [b for _, b in buffer], {})
 
@@ -311,6 +338,8 @@ def record_rows(proposals: ProposalFile, records: Sequence, fix: str = "") -> Li
     rows = []
     for record, key in zip(records, keys):
         row = proposals.index_of(key, record.image_id)
+        if row is None:
+            row = proposals.index_of_path(record.path)
         if row is None:
             hint = f". Compute them with: {fix}" if fix else ""
             raise ProposalError(f"{record.path}: no proposals for this image in {proposals.path} "
@@ -348,6 +377,14 @@ def attach_proposals(dataset, cfg, which: str, topk: int, required: bool) -> boo
         raise ProposalError(f"data.{which}.proposals: {path}: proposals file not found. "
                             f"Compute it with: {compute_command(which)}")
     proposals = load_proposals(path)
+    made = proposals.meta.get("settings")
+    p = cfg.model.proposals
+    wanted = search_settings(p.mode, p.seed, p.max_side or None)
+    if made and made != wanted:  # a user's own JSON or .npz has no settings: nothing to compare
+        LOG.warning("data.%s.proposals: %s was computed with other selective search settings (%s) than "
+                    "model.proposals (%s); an image without a proposals file at test time gets proposals of the "
+                    "config's kind, unlike the ones the model trained on. Recompute the file or set "
+                    "model.proposals to match", which, path, _settings_text(made), _settings_text(wanted))
     index = record_rows(proposals, list(dataset.records), compute_command(which))
     offsets, boxes = proposals.offsets, proposals.boxes
 

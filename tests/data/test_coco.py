@@ -61,6 +61,20 @@ def test_missing_image_is_an_error_naming_it(coco_dir):
     (json.dumps({"images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 80}],
                  "annotations": [{"id": 3, "image_id": 1, "category_id": 9, "bbox": [0, 0, 1, 1]}],
                  "categories": [{"id": 1, "name": "a"}]}), "annotation id 3 has category_id 9"),
+    (json.dumps({"images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 80}],
+                 "annotations": [{"id": 4, "image_id": 1, "category_id": 1, "bbox": ["a", 0, 1, 1]}],
+                 "categories": [{"id": 1, "name": "a"}]}), "annotation id 4 has a bbox that is not four numbers: ['a', 0, 1, 1]"),
+    (json.dumps({"images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 80}],
+                 "annotations": [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [None, 0, 1, 1]}],
+                 "categories": [{"id": 1, "name": "a"}]}), "annotation id 5 has a bbox that is not four numbers"),
+    (json.dumps({"images": [{"id": 1, "file_name": "a.jpg", "width": "abc", "height": 80}], "annotations": [],
+                 "categories": [{"id": 1, "name": "a"}]}), "image 'a.jpg' has width 'abc', not a size in pixels"),
+    (json.dumps({"images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 80}],
+                 "annotations": [{"id": 6, "image_id": 2, "category_id": 1, "bbox": [0, 0, 1, 1]}],
+                 "categories": [{"id": 1, "name": "a"}]}), "refer to image ids that are not in 'images': [2]"),
+    (json.dumps({"images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 80}],
+                 "annotations": [{"id": 7, "image_id": 1, "category_id": 1}],
+                 "categories": [{"id": 1, "name": "a"}]}), "annotation id 7 has no [x, y, w, h] bbox: None"),
 ])
 def test_bad_annotation_files(coco_dir, content, message):
     bad = coco_dir / "bad.json"

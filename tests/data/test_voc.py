@@ -98,3 +98,20 @@ def test_bccd_loads_and_reports_exactly_the_degenerate_boxes(bccd_root):
     assert images == 364
     assert problems == degenerate
     assert found == expected
+
+
+@pytest.mark.parametrize("obj,message", [
+    ("<object><name></name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></object>",
+     "im2.xml, object 0: <name> is empty"),
+    ("<object><name>dog</name></object>", "im2.xml, object 0: missing <name> or <bndbox>"),
+    ("<object><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></object>",
+     "im2.xml, object 0: missing <name> or <bndbox>"),
+    ("<object><name>dog</name><bndbox><xmin>one</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></object>",
+     "<xmin> is 'one', not a number"),
+])
+def test_objects_without_a_usable_name_or_box_are_refused_naming_the_file(voc_root, obj, message):
+    (voc_root / "Annotations" / "im2.xml").write_text(
+        f"<annotation><size><width>100</width><height>80</height></size>{obj}</annotation>")
+    with pytest.raises(DatasetError) as e:
+        load_voc(voc_root, "train")  # with the classes from the annotations: an empty name is no class
+    assert message in str(e.value)

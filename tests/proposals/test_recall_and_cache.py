@@ -138,3 +138,46 @@ def test_image_keys_are_relative_to_the_common_folder(tmp_path):
     keys = image_keys([tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.jpg"])
     assert keys == ["a/x.jpg", "b/x.jpg"]
     assert image_keys([tmp_path / "a" / "x.jpg"]) == ["x.jpg"]
+
+
+def test_json_keyed_by_file_name_attaches_and_other_settings_are_named(shapes_with_proposals, tmp_path, caplog):
+    from detect.config import load_config
+    from detect.data.build import build_dataset
+    from detect.proposals.cache import attach_proposals
+
+    data = shapes_with_proposals
+    train = json.loads((data / "train.json").read_text())
+    mine = [{"file_name": img["file_name"], "boxes": [[i, i, i + 10, i + 12], [0, 0, 5, 5]]}
+            for i, img in enumerate(train["images"])]
+    (tmp_path / "mine.json").write_text(json.dumps(mine))
+    cfg = load_config("configs/fast_rcnn/shapes.yaml", [
+        f"data.train.ann_file={data}/train.json", f"data.train.img_dir={data}/images",
+        f"data.train.proposals={tmp_path}/mine.json"])
+    dataset = build_dataset(cfg, "train")
+    assert attach_proposals(dataset, cfg, "train", topk=1, required=True)
+    assert "/" in train["images"][0]["file_name"]  # e.g. train/000000.jpg: relative to the image folder
+    order = {img["file_name"]: i for i, img in enumerate(train["images"])}
+    for k, record in enumerate(dataset.records):
+        i = order[record.path.relative_to(data / "images").as_posix()]
+        assert dataset.proposals(k).tolist() == [[i, i, i + 10, i + 12]]  # by name, best first, top 1
+    assert "other selective search settings" not in caplog.text  # a user's file has no settings to compare
+
+    made = tmp_path / "fast.npz"  # as tools/proposals.py compute writes it, with its settings
+    write_proposals(made, image_keys([r.path for r in dataset.records]), [r.image_id for r in dataset.records],
+                    [np.array([[0, 0, 5, 5]], np.float32)] * len(dataset), {"settings": search_settings("fast", 0, None)})
+    cfg.data.train.proposals = str(made)
+    attach_proposals(dataset, cfg, "train", topk=5, required=True)
+    assert "other selective search settings" not in caplog.text  # the config's own settings (fast, seed 0)
+    cfg.model.proposals.mode = "quality"
+    attach_proposals(dataset, cfg, "train", topk=5, required=True)
+    assert (f"data.train.proposals: {made} was computed with other selective search settings "
+            f"(mode 'fast', seed 0, max_side None") in caplog.text and "model.proposals (mode 'quality'" in caplog.text
+
+
+def test_pickled_npz_is_refused_without_loading_it(tmp_path):
+    bad = tmp_path / "pickled.npz"
+    np.savez(bad, boxes=np.zeros((1, 4)), offsets=np.array([0, 1]), keys=np.array([{"evil": 1}], dtype=object))
+    with pytest.raises(ProposalError) as e:
+        load_proposals(bad)
+    assert str(e.value).startswith(f"{bad}: not a readable .npz proposals file (Object arrays cannot be loaded when "
+                                   f"allow_pickle=False)")

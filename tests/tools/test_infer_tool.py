@@ -99,10 +99,19 @@ def test_cli_on_a_messy_folder_and_resume(checkpoint, messy_folder, tmp_path):
 def test_predictor_api_maps_to_original_pixels(checkpoint, messy_folder):
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu", score_thresh=0.0)
     assert predictor.class_names == ["rectangle", "ellipse", "triangle"]
-    image = np.zeros((300, 500, 3), np.uint8)
+    image = np.random.default_rng(2).integers(0, 255, (300, 500, 3), dtype=np.uint8)
     one = predictor(image)
     assert set(one) == {"boxes", "scores", "labels", "class_names"}
-    assert (one["boxes"][:, 2] <= 500).all() and (one["boxes"][:, 3] <= 300).all()
+    # the model's own boxes, on the resized input, divided by the resize factor of each axis
+    tensor, _ = predictor.prepare(image)
+    import torch
+    with torch.no_grad():
+        raw = predictor.model([tensor])[0]["boxes"].numpy()
+    fx, fy = tensor.shape[2] / 500, tensor.shape[1] / 300
+    assert fx > 1 and fy > 1  # upscaled to the test size: a missing division would be seen
+    expected = np.clip(raw / np.array([fx, fy, fx, fy], np.float32), 0, [500, 300, 500, 300])
+    assert len(one["boxes"]) > 0 and np.allclose(one["boxes"], expected, atol=0.02)
+    assert one["class_names"] == [predictor.class_names[k - 1] for k in one["labels"]]
     both = predictor([messy_folder / "gray.png", image])
     assert len(both) == 2 and both[0]["boxes"].shape[1] == 4
 
@@ -158,3 +167,32 @@ def test_very_large_image(checkpoint, tmp_path):
 def test_missing_cuda_is_a_clear_error(checkpoint, messy_folder, tmp_path):
     r = run_infer("--checkpoint", checkpoint, "--input", messy_folder, "--output", tmp_path / "o", "--device", "cuda")
     assert r.returncode == 2 and "CUDA is not available" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_glob_single_file_and_class_filter(checkpoint, messy_folder, tmp_path):
+    r = run_infer("--checkpoint", checkpoint, "--input", f"{messy_folder}/*/img.jpg", "--output", tmp_path / "glob",
+                  "--score-thresh", "0.0", "--workers", "0")
+    assert r.returncode == 0, r.stderr[-2000:]
+    images = json.loads((tmp_path / "glob" / "images.json").read_text())["images"]
+    assert sorted(i["file_name"] for i in images) == ["a/img.jpg", "b/img.jpg"]
+
+    r = run_infer("--checkpoint", checkpoint, "--input", messy_folder / "gray.png", "--output", tmp_path / "one",
+                  "--score-thresh", "0.0", "--workers", "0")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [i["file_name"] for i in json.loads((tmp_path / "one" / "images.json").read_text())["images"]] == ["gray.png"]
+    every = json.loads((tmp_path / "one" / "detections.json").read_text())
+    cats = {c["name"]: c["id"] for c in json.loads((tmp_path / "one" / "images.json").read_text())["categories"]}
+
+    r = run_infer("--checkpoint", checkpoint, "--input", messy_folder / "gray.png", "--output", tmp_path / "kept",
+                  "--score-thresh", "0.0", "--workers", "0", "--classes", "ellipse,triangle")
+    assert r.returncode == 0, r.stderr[-2000:]
+    kept = json.loads((tmp_path / "kept" / "detections.json").read_text())
+    assert kept == [d for d in every if d["category_id"] in (cats["ellipse"], cats["triangle"])]
+    assert len(kept) < len(every)  # the random model's rectangles were there, and were left out
+
+    r = run_infer("--checkpoint", checkpoint, "--input", messy_folder, "--output", tmp_path / "x", "--classes", "dog")
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("error: --classes: unknown class names ['dog']; the model knows "
+                                "['rectangle', 'ellipse', 'triangle']")
+    r = run_infer("--checkpoint", checkpoint, "--input", f"{messy_folder}/*.nothing", "--output", tmp_path / "x")
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: no images found in") and "*.nothing" in r.stderr
