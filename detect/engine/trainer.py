@@ -157,9 +157,10 @@ def uses_proposals(cfg: Config) -> bool:
     return cfg.model.type in ("fast_rcnn", "rcnn")
 
 
-def trim_log(log_file: Path, iteration: int) -> None:
+def trim_log(log_file: Path, iteration: int, drop_eval_at: Optional[int] = None) -> None:
     """Drop the rows a killed run logged after its last checkpoint (the resumed run logs those
-    iterations again), and a last line the kill cut short; rewritten atomically."""
+    iterations again), a last line the kill cut short, and the evaluation row of ``drop_eval_at``
+    (about to be written again); rewritten atomically."""
     if not log_file.is_file():
         return
     kept = []
@@ -168,7 +169,8 @@ def trim_log(log_file: Path, iteration: int) -> None:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(row, dict) and row.get("iteration", 0) <= iteration:
+        if isinstance(row, dict) and row.get("iteration", 0) <= iteration and not (
+                "eval" in row and row.get("iteration") == drop_eval_at):
             kept.append(line)
     tmp = log_file.with_name(f".{log_file.name}.tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
@@ -476,6 +478,8 @@ class Trainer:
             averaged = self.ema.applied_to(self.model) if self.ema is not None else contextlib.nullcontext(self.model)
             with averaged as model:
                 metrics = evaluate(model, self.cfg, self.device, self.output_dir if final else None, self.progress)
+            if final:  # a finished run resumed evaluates again: its row replaces the earlier one
+                trim_log(log_file, self.iteration, drop_eval_at=self.iteration)
             with open(log_file, "a") as f:
                 f.write(json.dumps({"iteration": self.iteration, "eval": {k: metrics["coco"][k] for k in ("AP", "AP50", "AP75")}}) + "\n")
             if final:
