@@ -108,7 +108,7 @@ def test_predictor_api_maps_to_original_pixels(checkpoint, messy_folder):
     with torch.no_grad():
         raw = predictor.model([tensor])[0]["boxes"].numpy()
     fx, fy = tensor.shape[2] / 500, tensor.shape[1] / 300
-    assert fx > 1 and fy > 1  # upscaled to the test size: a missing division would be seen
+    assert abs(fx - 1) > 0.1 and abs(fy - 1) > 0.1  # resized for the test: a missing division would be seen
     expected = np.clip(raw / np.array([fx, fy, fx, fy], np.float32), 0, [500, 300, 500, 300])
     assert len(one["boxes"]) > 0 and np.allclose(one["boxes"], expected, atol=0.02)
     assert one["class_names"] == [predictor.class_names[k - 1] for k in one["labels"]]
@@ -158,9 +158,12 @@ def test_very_large_image(checkpoint, tmp_path):
     assert (img["width"], img["height"]) == (12000, 9000)
     drawn = cv2.imread(str(tmp_path / "o" / "images" / "huge.png"))
     assert max(drawn.shape[:2]) == 4096  # annotated copy bounded in size
-    for d in json.loads((tmp_path / "o" / "detections.json").read_text()):
-        x, y, w, h = d["bbox"]
-        assert x + w <= 12000 + 1e-3 and y + h <= 9000 + 1e-3
+    detections = json.loads((tmp_path / "o" / "detections.json").read_text())
+    assert detections  # a score threshold of 0 keeps detections: the loop below checks something
+    boxes = np.array([d["bbox"] for d in detections])
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 0] + boxes[:, 2] <= 12000 + 1e-3).all()
+    assert (boxes[:, 1] + boxes[:, 3] <= 9000 + 1e-3).all()
+    assert (boxes[:, 0] + boxes[:, 2]).max() > 200  # in the file's pixels: the resized input is 128 wide
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
@@ -195,4 +198,4 @@ def test_glob_single_file_and_class_filter(checkpoint, messy_folder, tmp_path):
     assert r.stderr.strip() == ("error: --classes: unknown class names ['dog']; the model knows "
                                 "['rectangle', 'ellipse', 'triangle']")
     r = run_infer("--checkpoint", checkpoint, "--input", f"{messy_folder}/*.nothing", "--output", tmp_path / "x")
-    assert r.returncode == 2 and r.stderr.strip().startswith("error: no images found in") and "*.nothing" in r.stderr
+    assert r.returncode == 2 and r.stderr.strip() == f"error: no images match {messy_folder}/*.nothing"
