@@ -2,10 +2,11 @@
 
 ``run_stages`` trains each stage from ``configs/<stage>/<dataset>.yaml`` for the same wall-clock
 budget (or takes given checkpoints), then tests all of them on the same test split one image at a
-time, timing three parts per image:
+time through each model's own forward (the detections are the ones ``tools/eval.py`` scores),
+timing three parts per image from outside the model:
 
-- proposals: selective search on the image (R-CNN, Fast R-CNN) or the RPN head and its proposal
-  selection (Faster R-CNN);
+- proposals: selective search (R-CNN, Fast R-CNN) on the original image file, as the test split's
+  proposals file was computed, or the RPN head and its proposal selection (Faster R-CNN);
 - network: everything else in the network (backbone, RoI pooling or crops, heads, SVM scoring);
 - post-processing: box decoding, clipping, score threshold and NMS.
 
@@ -15,11 +16,13 @@ of proposals, and a grid of test images with each stage's detections.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -27,22 +30,23 @@ import torch
 from detect.config import load_config
 from detect.data.build import build_dataset
 from detect.data.coco import to_coco_dict
-from detect.data.collate import collate_detection
+from detect.data.image_io import read_image
+from detect.data.collate import collate_detection, image_to_tensor
 from detect.data.transforms import boxes_to_original, build_transforms
 from detect.engine.checkpoint import load_checkpoint, load_model
 from detect.engine.evaluation import evaluate_detections
 from detect.engine.inference import to_original
 from detect.engine.trainer import train
 from detect.models.external_proposals import prepare_proposals, search_images
-from detect.models.fast_rcnn import FastRCNN
 from detect.models.faster_rcnn import FasterRCNN
 from detect.models.rcnn import RCNN
-from detect.proposals.cache import compute_proposals
+from detect.models.registry import STAGES as REGISTRY
+from detect.proposals.cache import attach_proposals, compute_proposals
 from detect.proposals.recall import best_overlaps, evaluate_proposal_recall
 
 LOG = logging.getLogger(__name__)
-STAGES = ("rcnn", "fast_rcnn", "faster_rcnn")
-NAMES = {"rcnn": "R-CNN", "fast_rcnn": "Fast R-CNN", "faster_rcnn": "Faster R-CNN"}
+STAGES = tuple(REGISTRY)  # the stages side by side, in the order the papers came
+NAMES = {key: stage.name for key, stage in REGISTRY.items()}
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 RECALL_COUNTS = (100, 300, 1000, 2000)
 CURVE_COUNTS = (10, 20, 50, 100, 200, 300, 500, 700, 1000, 1500, 2000)
@@ -94,6 +98,7 @@ def ensure_proposals(cfg, output_dir: Path, progress: bool) -> Dict[str, Any]:
 def train_stage(stage: str, cfg, output_dir: Path, progress: bool) -> Dict[str, Any]:
     """Train without the end-of-run evaluation (done here, timed per part); returns the checkpoint
     and the training seconds (R-CNN: fine-tuning plus the SVM and regressor phases)."""
+    cfg = copy.deepcopy(cfg)  # the caller's config keeps its test split
     cfg.data.test.ann_file = None
     cfg.data.test.root = None
     start = time.perf_counter()
@@ -101,51 +106,73 @@ def train_stage(stage: str, cfg, output_dir: Path, progress: bool) -> Dict[str, 
     return {"checkpoint": str(output_dir / "model_final.pth"), "train_seconds": time.perf_counter() - start}
 
 
+@contextlib.contextmanager
+def timed_calls(owner, name: str, calls: List[Tuple[float, Any]]):
+    """Inside the block, every call of ``owner.name`` appends ``(seconds, result)`` to ``calls``: the
+    benchmark times parts of the model's own forward from outside, and the model knows nothing of it."""
+    original = getattr(owner, name)
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        out = original(*args, **kwargs)
+        calls.append((time.perf_counter() - start, out))
+        return out
+
+    setattr(owner, name, timed)  # an instance attribute, found before the class's method
+    try:
+        yield calls
+    finally:
+        delattr(owner, name)
+
+
 @torch.no_grad()
-def timed_predict(model, image: torch.Tensor):
-    """One image's detections and ``{"proposals", "network", "postprocess"}`` seconds, plus the
-    proposals (image pixels) it used."""
-    size = [(int(image.shape[1]), int(image.shape[2]))]
-    t0 = time.perf_counter()
+def timed_predict(model, image: torch.Tensor, target: Dict[str, Any], original_path: Optional[Path] = None):
+    """One image's detections through the model's own forward, exactly as evaluation runs it (for
+    Fast R-CNN and R-CNN on the test split's proposals when the target carries them), with
+    ``{"proposals", "network", "postprocess"}`` seconds and the proposals (input pixels) it used.
+
+    Given proposals were computed by selective search on the original image file: that search is
+    run again on it (``original_path``) to time it, with the model's settings, and its boxes are not used."""
+    post: List[Tuple[float, Any]] = []
+    head = model if isinstance(model, RCNN) else model.roi_head
     if isinstance(model, FasterRCNN):
-        batch, sizes = model.batcher([image])
-        features = model.backbone(batch)
-        t1 = time.perf_counter()
-        proposals, _ = model.rpn(features, sizes)
-        t2 = time.perf_counter()
-        logits, deltas = model.roi_head.predict(features, proposals)
-        t3 = time.perf_counter()
-        det = model.roi_head.postprocess(logits, deltas, proposals, sizes)[0]
-        t4 = time.perf_counter()
-        return det, {"proposals": t2 - t1, "network": (t1 - t0) + (t3 - t2), "postprocess": t4 - t3}, proposals[0]
-    raw, _ = search_images([image], model.proposal_mode, model.proposal_seed, model.proposal_max_side)
-    proposals = prepare_proposals(raw, size, image.device, model.topk[1])
-    t1 = time.perf_counter()
-    if isinstance(model, FastRCNN):
-        batch, sizes = model.batcher([image])
-        logits, deltas = model.roi_head.predict(model.backbone(batch), proposals)
-        t2 = time.perf_counter()
-        det = model.roi_head.postprocess(logits, deltas, proposals, sizes)[0]
-    elif isinstance(model, RCNN):
-        boxes, scores = model.score_and_regress(image, proposals[0])
-        t2 = time.perf_counter()
-        det = model.postprocess(boxes, scores, size[0])
+        rpn: List[Tuple[float, Any]] = []
+        with timed_calls(model.rpn, "forward", rpn), timed_calls(head, "postprocess", post):
+            start = time.perf_counter()
+            det = model([image])[0]
+            total = time.perf_counter() - start
+        searched, used = sum(t for t, _ in rpn), rpn[0][1][0][0]
     else:
-        raise TypeError(f"unsupported model {type(model).__name__}")
-    t3 = time.perf_counter()
-    return det, {"proposals": t1 - t0, "network": t2 - t1, "postprocess": t3 - t2}, raw[0]
+        if target.get("proposals") is not None:
+            given = target["proposals"]
+            source = read_image(original_path) if original_path is not None else None
+            searched = search_images([image_to_tensor(source)] if source is not None else [image], model.proposal_mode,
+                                     model.proposal_seed, model.proposal_max_side)[1]
+        else:  # what the forward would do without proposals, done here to time it on its own
+            raw, searched = search_images([image], model.proposal_mode, model.proposal_seed, model.proposal_max_side)
+            given = raw[0]
+        with timed_calls(head, "postprocess", post):
+            start = time.perf_counter()
+            det = model([image], proposals=[given])[0]
+            total = time.perf_counter() - start
+        used = prepare_proposals([given], [(int(image.shape[1]), int(image.shape[2]))], image.device, model.topk[1])[0]
+    postprocess = sum(t for t, _ in post)
+    network = total - postprocess - (searched if isinstance(model, FasterRCNN) else 0.0)
+    return det, {"proposals": searched, "network": network, "postprocess": postprocess}, used
 
 
 def evaluate_stage(model, cfg, max_images: Optional[int], progress: bool) -> Dict[str, Any]:
     from tqdm import tqdm
 
     dataset = build_dataset(cfg, "test", transforms=build_transforms(cfg, train=False), class_names=cfg.data.classes)
+    if REGISTRY[cfg.model.type].external_proposals:  # the test split's proposals file, as evaluation uses it
+        attach_proposals(dataset, cfg, "test", cfg.model.proposals.topk_test, required=False)
     n = len(dataset) if not max_images else min(max_images, len(dataset))
     detections, proposals, times = {}, {}, []
     model.eval()
     for i in tqdm(range(n), desc=f"test {type(model).__name__}", disable=not progress):
         images, targets = collate_detection([dataset[i]])
-        det, timing, props = timed_predict(model, images[0])
+        det, timing, props = timed_predict(model, images[0], targets[0], dataset.records[i].path)
         t = targets[0]
         detections[int(t["image_id"])] = to_original(det, t)
         proposals[int(t["image_id"])] = boxes_to_original(props.cpu().numpy(), t["scale"])
