@@ -1,6 +1,6 @@
 """detect: the R-CNN family of object detectors built from one set of shared parts.
 
-Contracts used everywhere in the package (see DESIGN.md):
+Contracts used everywhere in the package (README, "Contracts"):
 
 - boxes are float32 ``(N, 4)`` xyxy in absolute pixels of the image they belong to;
 - labels are int64 in ``1..C``; ``0`` is background;

@@ -20,6 +20,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
+from detect.errors import ConfigError
+
 BASE_KEY = "_base_"
 
 
@@ -169,7 +171,6 @@ _LIST_ITEMS: Dict[str, type] = {"input.min_size": int, "model.backbone.fpn_strid
                                  "train.steps": float, "model.roi_head.svd_ranks": int,
                                  "model.fast_rcnn.pyramid_scales": float}
 _CHOICES: Dict[str, Sequence[str]] = {
-    "model.type": ("faster_rcnn", "fast_rcnn", "rcnn"),
     "model.rpn.anchor_sizes": ("auto",),   # or a list
     "model.rpn.aspect_ratios": ("auto",),  # or a list
     "model.rcnn.feature_dtype": ("float16", "float32"),
@@ -197,10 +198,6 @@ _TYPE_NAMES = {bool: "true/false", int: "integer", float: "number", str: "string
                dict: "mapping", type(None): "null"}
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot be used: unknown key, wrong type, unreadable file."""
-
-
 class Config(dict):
     """A nested dict with attribute access (``cfg.train.lr``); leaves are plain values."""
 
@@ -218,12 +215,6 @@ class Config(dict):
     def to_dict(self) -> Dict[str, Any]:
         """A plain-dict deep copy (for YAML, JSON and checkpoints)."""
         return {k: v.to_dict() if isinstance(v, Config) else copy.deepcopy(v) for k, v in self.items()}
-
-    def get_path(self, dotted: str) -> Any:
-        node: Any = self
-        for part in dotted.split("."):
-            node = node[part]
-        return node
 
 
 def load_config(path: Optional[Union[str, Path]] = None, overrides: Iterable[str] = ()) -> Config:

@@ -81,13 +81,14 @@ def cmd_proposals(args) -> int:
 
 
 def cmd_stages(args) -> int:
-    from detect.benchmark.stages import format_table, run_stages
+    from detect.benchmark.stages import STAGES, format_table, run_stages
+    from detect.errors import ConfigError
 
     checkpoints = {}
     for item in args.checkpoint or []:
         stage, _, path = item.partition("=")
-        if stage not in ("rcnn", "fast_rcnn", "faster_rcnn") or not path:
-            raise ValueError(f"--checkpoint {item!r}: expected rcnn=PATH, fast_rcnn=PATH or faster_rcnn=PATH")
+        if stage not in STAGES or not path:
+            raise ConfigError(f"--checkpoint {item!r}: expected STAGE=PATH with STAGE one of {list(STAGES)}")
         checkpoints[stage] = path
     result = run_stages(args.data, args.budget, args.output_dir, checkpoints, args.overrides,
                         max_test_images=args.max_test_images or None, grid_images=args.grid_images)

@@ -17,15 +17,12 @@ from torch.utils.data import Dataset
 
 from detect.data.image_io import ImageReadError, read_image
 from detect.ops.boxes import clip_boxes_np, nonempty_boxes
+from detect.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
 Target = Dict[str, object]
 Transform = Callable[[np.ndarray, Target], Tuple[np.ndarray, Target]]
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be used as given (missing files, empty split, unknown category...)."""
 
 
 @dataclass

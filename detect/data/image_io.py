@@ -25,21 +25,13 @@ from typing import Union
 import cv2
 import numpy as np
 
+from detect.errors import ImageReadError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 # ANYDEPTH keeps 16-bit data for a proper conversion; ANYCOLOR keeps grayscale as one channel.
 # Unlike IMREAD_UNCHANGED, this combination still applies the EXIF orientation.
 _DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
-
-
-class ImageReadError(OSError):
-    """An image file that cannot be used: missing, unreadable, truncated or not an image."""
-
-    def __init__(self, path: Union[str, Path], reason: str = ""):
-        # reason may be empty when a DataLoader worker re-raises the error from its message alone
-        super().__init__(f"{path}: {reason}" if reason else str(path))
-        self.path = str(path)
-        self.reason = reason
 
 
 def read_image(path: Union[str, Path]) -> np.ndarray:

@@ -17,13 +17,10 @@ import numpy as np
 import torch
 
 import detect
+from detect.errors import CheckpointError
 
 FORMAT = "detect-checkpoint-v1"
 LAST_CHECKPOINT = "last_checkpoint"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: unreadable, another format, or another model."""
 
 
 def save_checkpoint(path: Union[str, Path], state: Dict[str, Any]) -> Path:

@@ -5,9 +5,7 @@ from typing import Optional
 
 import torch
 
-
-class DeviceError(ValueError):
-    """A device that does not exist on this machine (e.g. cuda without a GPU)."""
+from detect.errors import DeviceError
 
 
 def resolve_device(name: Optional[str]) -> torch.device:

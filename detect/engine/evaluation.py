@@ -22,7 +22,13 @@ from typing import Any, Dict, List, Mapping, Optional
 import numpy as np
 import torch
 
+from detect.data.build import build_dataset
+from detect.data.coco import to_coco_dict
+from detect.data.transforms import build_transforms
+from detect.engine.inference import predict_dataset
+from detect.models.registry import stage_of
 from detect.ops.boxes import box_iou, xyxy_to_xywh
+from detect.proposals.cache import attach_proposals
 
 logger = logging.getLogger(__name__)
 
@@ -233,10 +239,11 @@ def plot_pr_curves(curves: Dict[str, Dict[str, List[float]]], path, title: str =
 
 
 def evaluate_detections(gt: Dict[str, Any], detections: Detections, backend: str = "auto",
-                        output_dir: Optional[Path] = None, unreadable: Optional[Dict[int, str]] = None
-                        ) -> Dict[str, Any]:
+                        output_dir: Optional[Path] = None, unreadable: Optional[Dict[int, str]] = None,
+                        extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """COCO and VOC metrics for ``detections`` (image_id -> boxes / scores / labels in the ground
     truth's pixels); with ``output_dir``, writes ``metrics.json`` and ``pr_curves.png`` there.
+    ``extra`` (e.g. the inference timing) joins the metrics and the file.
 
     ``unreadable`` (image id -> message): test images that could not be read. They are left out
     with their ground truth (scoring them as all missed would measure the file, not the detector)
@@ -249,6 +256,7 @@ def evaluate_detections(gt: Dict[str, Any], detections: Detections, backend: str
     metrics = {"coco": coco, "voc": evaluate_voc(gt, detections), "num_images": len(gt["images"])}
     if unreadable:
         metrics["unreadable_images"] = [unreadable[k] for k in sorted(unreadable)]
+    metrics.update(extra or {})
     if output_dir is not None:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -256,3 +264,19 @@ def evaluate_detections(gt: Dict[str, Any], detections: Detections, backend: str
         serialisable = {**metrics, "coco": {k: v for k, v in coco.items() if k != "pr_curves"}}
         (output_dir / "metrics.json").write_text(json.dumps(serialisable, indent=2))
     return metrics
+
+
+def evaluate(model: torch.nn.Module, cfg, device: torch.device, output_dir: Optional[Path] = None,
+             progress: bool = True) -> Dict[str, Any]:
+    """COCO and VOC metrics of ``model`` on ``cfg``'s ``data.test`` (its proposals attached for the
+    stages that take them), with the inference timing; writes metrics.json / pr_curves.png into
+    ``output_dir`` when given. What ``tools/eval.py`` and the end of training run."""
+    test_set = build_dataset(cfg, "test", transforms=build_transforms(cfg, train=False), class_names=cfg.data.classes)
+    if stage_of(cfg).external_proposals:  # without a test proposals file the model runs selective search itself
+        attach_proposals(test_set, cfg, "test", cfg.model.proposals.topk_test, required=False)
+    detections, timing, unreadable = predict_dataset(model, test_set, device, cfg.test.batch_size,
+                                                     cfg.data.num_workers, progress)
+    for message in unreadable.values():
+        logger.warning("test image left out of the evaluation: %s", message)
+    return evaluate_detections(to_coco_dict(test_set), detections, output_dir=output_dir, unreadable=unreadable,
+                               extra={"timing": timing})

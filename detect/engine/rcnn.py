@@ -26,7 +26,7 @@ from detect.data.build import build_dataset
 from detect.data.collate import collate_detection
 from detect.data.transforms import build_transforms
 from detect.engine.svm import ridge_regression, train_svm_with_hard_negatives
-from detect.ops import box_iou
+from detect.ops import box_iou, nonempty_boxes
 from detect.proposals.cache import attach_proposals
 
 LOG = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def extract_features(model, cfg, folder: Path, device: torch.device, progress: b
         image = image[0].to(device)
         t = target[0]
         props = t["proposals"].to(device)
-        props = props[(props[:, 2] > props[:, 0]) & (props[:, 3] > props[:, 1])]
+        props = props[nonempty_boxes(props)]
         gt = t["boxes"].to(device)
         boxes = torch.cat([props, gt])
         feats = model.box_features([image], [boxes]).cpu().numpy()

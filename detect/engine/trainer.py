@@ -15,6 +15,8 @@ seed and the batch number, so the same batches come whatever happened before).
 from __future__ import annotations
 
 import contextlib
+import copy
+import importlib
 import json
 import logging
 import math
@@ -31,7 +33,6 @@ from tqdm import tqdm
 from detect.config import Config, save_config
 from detect.data.build import build_dataset
 from detect.proposals.cache import attach_proposals
-from detect.data.coco import to_coco_dict
 from detect.data.dataset import DatasetError
 from detect.data.image_io import ImageReadError
 from detect.data.collate import collate_detection
@@ -43,9 +44,9 @@ from detect.engine.ema import WeightEMA
 from detect.engine.checkpoint import (CheckpointError, check_checkpoint_matches, config_differences,
                                       find_last_checkpoint, load_checkpoint, model_weights, rng_state,
                                       save_checkpoint, set_rng_state, write_last_checkpoint)
-from detect.engine.evaluation import evaluate_detections, format_metrics
-from detect.engine.inference import predict_dataset
+from detect.engine.evaluation import evaluate, format_metrics  # evaluate: also imported from here by scripts
 from detect.models import build_model
+from detect.models.registry import stage_of
 from detect.models.anchor_fit import is_auto, lost_boxes_advice, settle_anchors
 
 logger = logging.getLogger(__name__)
@@ -152,11 +153,6 @@ def load_transfer_weights(model: torch.nn.Module, path: str) -> Dict[str, List[s
     return report
 
 
-def uses_proposals(cfg: Config) -> bool:
-    """Whether the model takes external proposals (Fast R-CNN) rather than making its own."""
-    return cfg.model.type in ("fast_rcnn", "rcnn")
-
-
 def trim_log(log_file: Path, iteration: int, drop_eval_at: Optional[int] = None) -> None:
     """Drop the rows a killed run logged after its last checkpoint (the resumed run logs those
     iterations again), a last line the kill cut short, and the evaluation row of ``drop_eval_at``
@@ -201,54 +197,37 @@ def loss_curve(log_file: Path, out: Path) -> None:
     plt.close(fig)
 
 
-def evaluate(model: torch.nn.Module, cfg: Config, device: torch.device, output_dir: Optional[Path] = None,
-             progress: bool = True) -> Dict[str, Any]:
-    """COCO and VOC metrics of ``model`` on ``data.test``; writes metrics.json / pr_curves.png."""
-    test_set = build_dataset(cfg, "test", transforms=build_transforms(cfg, train=False), class_names=cfg.data.classes)
-    if uses_proposals(cfg):  # without a test proposals file the model runs selective search itself
-        attach_proposals(test_set, cfg, "test", cfg.model.proposals.topk_test, required=False)
-    detections, timing, unreadable = predict_dataset(model, test_set, device, cfg.test.batch_size,
-                                                     cfg.data.num_workers, progress)
-    for message in unreadable.values():
-        logger.warning("test image left out of the evaluation: %s", message)
-    metrics = evaluate_detections(to_coco_dict(test_set), detections, output_dir=output_dir, unreadable=unreadable)
-    metrics["timing"] = timing
-    if output_dir is not None:
-        path = Path(output_dir) / "metrics.json"
-        data = json.loads(path.read_text())
-        data["timing"] = timing
-        path.write_text(json.dumps(data, indent=2))
-    return metrics
-
-
 class Trainer:
     """One training run; see the module docstring."""
 
     def __init__(self, cfg: Config, output_dir, resume: bool = False, progress: bool = True,
                  model: Optional[torch.nn.Module] = None):
-        self.cfg = cfg
+        # the run's own copy: classes and fitted anchors are written into it (and into config.yaml),
+        # never into the caller's config
+        self.cfg = cfg = copy.deepcopy(cfg)
         self.output_dir = Path(output_dir)
         self.progress = progress
         self.device = resolve_device(cfg.device)
         dist.init_distributed(self.device)
         self.rank, self.world = dist.rank(), dist.world_size()
+        self.stage = stage_of(cfg)  # an unknown model.type stops here, before the data is read
         if cfg.train.batch_size % self.world:
             raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by {self.world} processes")
         seed_all(cfg.train.seed)
 
         self.train_set = build_dataset(cfg, "train", transforms=build_transforms(cfg, train=True))
-        if uses_proposals(cfg):
+        if self.stage.external_proposals:
             attach_proposals(self.train_set, cfg, "train", cfg.model.proposals.topk_train, required=True)
         if not any(int((~r.ignore).sum()) for r in self.train_set.records):
             raise DatasetError(f"{self.train_set.description}: no box to learn from in {len(self.train_set)} images "
                                f"(no annotations, or every one dropped or ignored; tools/dataset.py stats lists them)")
         if not cfg.data.classes:
             cfg.data.classes = list(self.train_set.class_names)
-        if cfg.model.type == "faster_rcnn" and model is None:
+        if self.stage.fits_anchors and model is None:
             self._settle_anchors(resume)
         if cfg.data.test.ann_file or cfg.data.test.root:  # fail at start, not after training
             test_set = build_dataset(cfg, "test", class_names=cfg.data.classes)
-            if uses_proposals(cfg):
+            if self.stage.external_proposals:
                 attach_proposals(test_set, cfg, "test", cfg.model.proposals.topk_test, required=False)
 
         # ``model`` lets a benchmark train another library's detector with the same data, schedule
@@ -363,7 +342,40 @@ class Trainer:
             write_last_checkpoint(self.output_dir, name)
         self.last_checkpoint = self.output_dir / name  # every rank names it in its messages
 
+    def run_step(self, images: List[torch.Tensor], targets: List[Dict[str, Any]], lr: float) -> Dict[str, float]:
+        """One optimisation step on a batch at learning rate ``lr``; returns the losses (mean over the
+        processes) by name, ``"loss"`` their sum. A loss that is not finite raises TrainingDiverged."""
+        self._note_unreadable(targets)
+        images = [im.to(self.device, non_blocking=True) for im in images]
+        targets = [{k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in t.items()} for t in targets]
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(self.device.type, enabled=self.use_amp):
+            losses = self.ddp_model(images, targets)
+        loss = sum(losses.values())
+        # Averaged over the processes before the backward pass: a NaN on one rank reaches all of
+        # them, so all stop here together instead of the others waiting in DDP's gradient all-reduce.
+        logged = dist.all_reduce_mean(torch.stack([loss.detach()] + [v.detach() for v in losses.values()]).float())
+        values = dict(zip(["loss"] + list(losses), logged.tolist()))
+        if not torch.isfinite(logged).all():
+            where = f" (mean over {self.world} processes)" if self.world > 1 else ""
+            raise TrainingDiverged(f"iteration {self.iteration}: loss is not finite{where} {values}; "
+                                   f"last good checkpoint: {self.last_checkpoint or 'none written yet'}")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.train.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return values
+
     def train(self) -> Dict[str, Any]:
+        """The loop: steps until the budget (iterations or minutes) is spent, logging, checkpoints and
+        evaluations at their periods; then the final model, the stage's after-training phase and the
+        final evaluation. Returns the final metrics (empty without a test split)."""
         cfg = self.cfg
         model = self.ddp_model
         model.train()
@@ -384,37 +396,13 @@ class Trainer:
                 break
             step_start = time.perf_counter()
             images, targets = next(loader_iter)
-            self._note_unreadable(targets)
-            images = [im.to(self.device, non_blocking=True) for im in images]
-            targets = [{k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in t.items()} for t in targets]
             factor = lr_factor(cfg, self.iteration, progress)
-            for group in self.optimizer.param_groups:
-                group["lr"] = cfg.train.lr * factor
-            with torch.autocast(self.device.type, enabled=self.use_amp):
-                losses = model(images, targets)
-            loss = sum(losses.values())
-            # Averaged over the processes before the backward pass: a NaN on one rank reaches all of
-            # them, so all stop here together instead of the others waiting in DDP's gradient all-reduce.
-            logged = dist.all_reduce_mean(torch.stack([loss.detach()] + [v.detach() for v in losses.values()]).float())
-            if not torch.isfinite(logged).all():
-                values = dict(zip(["loss"] + list(losses), logged.tolist()))
-                where = f" (mean over {self.world} processes)" if self.world > 1 else ""
-                raise TrainingDiverged(f"iteration {self.iteration}: loss is not finite{where} {values}; "
-                                       f"last good checkpoint: {self.last_checkpoint or 'none written yet'}")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if cfg.train.grad_clip > 0:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            if self.ema is not None:
-                self.ema.update(self.model)
+            losses = self.run_step(images, targets, cfg.train.lr * factor)
             self.iteration += 1
             self.elapsed += time.perf_counter() - step_start
             images_seen += len(images) * self.world
 
-            window.append(dict(zip(["loss"] + list(losses), logged.tolist())))
+            window.append(losses)
             bar.update(1)
             if self.iteration % cfg.train.log_period == 0:
                 self._log(log_file, window, images_seen, window_start, cfg.train.lr * factor, bar)
@@ -431,12 +419,12 @@ class Trainer:
             self.model.load_state_dict(self.ema.weights)
             self.ema = None
         self.save("model_final.pth")
-        if cfg.model.type == "rcnn" and dist.is_main():
-            # phases 2 and 3 (SVMs, box regressors) on the fine-tuned network; their feature cache
-            # resumes on its own, and model_final.pth is rewritten with the fitted SVMs
-            from detect.engine.rcnn import fit_svms_and_regressors
-
-            fit_svms_and_regressors(self.model, cfg, self.output_dir, self.device, self.progress)
+        if self.stage.after_training and dist.is_main():
+            # R-CNN's phases 2 and 3 (SVMs, box regressors) on the fine-tuned network; their feature
+            # cache resumes on its own, and model_final.pth is rewritten with what they fitted
+            module, _, function = self.stage.after_training.partition(":")
+            getattr(importlib.import_module(module), function)(self.model, cfg, self.output_dir, self.device,
+                                                              self.progress)
             self.save("model_final.pth", all_ranks=False)
             model.train()
         if dist.is_main() and log_file.exists():

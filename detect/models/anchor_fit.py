@@ -32,6 +32,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from detect.data.stats import SIZE_EDGES
+from detect.ops import nonempty_boxes
 
 MIN_SIZE_STEP = 2 ** 0.25   # sizes of one level spread this far apart when the data gives no choice
 MIN_RATIO_STEP = 2 ** 0.5   # and consecutive aspect ratios by at least this one
@@ -231,7 +232,7 @@ def fit_anchors(boxes: np.ndarray, strides: Sequence[int], sizes_per_level: int,
     around them). Without boxes: the given anchors, else 8 x stride and ratios spread around 1.
     """
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    boxes = boxes[np.isfinite(boxes).all(axis=1) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+    boxes = boxes[np.isfinite(boxes).all(axis=1) & nonempty_boxes(boxes)]
     rng = np.random.default_rng(seed)
     if len(boxes) > MAX_FIT_BOXES:
         boxes = boxes[rng.choice(len(boxes), MAX_FIT_BOXES, replace=False)]

@@ -6,9 +6,6 @@ from typing import List, Sequence
 
 from detect.models.anchors import AnchorGenerator
 from detect.models.backbones import Backbone, build_backbone
-from detect.models.fast_rcnn import FastRCNN
-from detect.models.rcnn import RCNN
-from detect.models.faster_rcnn import FasterRCNN
 from detect.models.roi_head import BoxPredictor, Res5Head, RoIHead, TwoFCHead
 from detect.models.rpn import RPN, RPNHead
 from detect.models.svd import factorise_box_head_shapes
@@ -91,27 +88,13 @@ def build_roi_head(cfg, backbone: Backbone, num_classes: int) -> RoIHead:
 
 
 def build_model(cfg):
-    """Build the detector ``cfg.model.type`` names, for the classes in ``cfg.data.classes``."""
+    """Build the detector ``cfg.model.type`` names (``detect.models.registry``), for the classes in
+    ``cfg.data.classes``."""
+    from detect.models.registry import stage_of
+
+    stage = stage_of(cfg)
     class_names = list(cfg.data.classes)
     if not class_names:
         raise ValueError("data.classes is empty: the model needs the class names (the training tool fills "
                          "them from the dataset; set data.classes=[a,b,...] otherwise)")
-    backbone = backbone_from_config(cfg)
-    p = cfg.model.proposals
-    if cfg.model.type == "rcnn":
-        r = cfg.model.rcnn
-        return RCNN(backbone, class_names, crop_size=r.crop_size, context=r.context, fc_dim=r.fc_dim,
-                    batch_rois=r.batch_rois, fg_fraction=r.fg_fraction, fg_iou=r.fg_iou,
-                    crops_per_chunk=r.crops_per_chunk, nms_thresh=r.nms_thresh,
-                    detections_per_image=r.detections_per_image, bbox_reg=r.bbox_reg, proposal_mode=p.mode,
-                    proposal_max_side=p.max_side or None, proposal_seed=p.seed, topk_train=p.topk_train,
-                    topk_test=p.topk_test)
-    if cfg.model.type == "fast_rcnn":
-        roi_head = build_roi_head(cfg, backbone, len(class_names))
-        f = cfg.model.fast_rcnn
-        return FastRCNN(backbone, roi_head, class_names, proposal_mode=p.mode, proposal_max_side=p.max_side or None,
-                        proposal_seed=p.seed, topk_train=p.topk_train, topk_test=p.topk_test,
-                        pyramid_scales=f.pyramid_scales, pyramid_roi_size=f.pyramid_roi_size)
-    rpn = build_rpn(cfg, backbone)
-    roi_head = build_roi_head(cfg, backbone, len(class_names))
-    return FasterRCNN(backbone, rpn, roi_head, class_names)
+    return stage.build(cfg, backbone_from_config(cfg), class_names)

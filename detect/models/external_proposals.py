@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from detect.ops import clip_boxes
+from detect.ops import clip_boxes, nonempty_boxes
 
 
 @torch.no_grad()
@@ -33,7 +33,7 @@ def prepare_proposals(proposals: Sequence[torch.Tensor], sizes: Sequence[Tuple[i
     for props, (h, w) in zip(proposals, sizes):
         props = torch.as_tensor(props, dtype=torch.float32, device=device).reshape(-1, 4)[:topk]
         props = clip_boxes(props, (h, w))
-        props = props[(props[:, 2] > props[:, 0]) & (props[:, 3] > props[:, 1])]
+        props = props[nonempty_boxes(props)]
         if props.numel() == 0:
             props = torch.tensor([[0.0, 0.0, float(w), float(h)]], device=device)
         out.append(props)

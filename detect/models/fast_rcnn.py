@@ -36,8 +36,6 @@ class FastRCNN(nn.Module):
         pyramid_roi_size: the RoI side each proposal is scale-normalised towards.
     """
 
-    uses_proposals = True
-
     def __init__(self, backbone: Backbone, roi_head: RoIHead, class_names: Sequence[str],
                  proposal_mode: str = "fast", proposal_max_side: Optional[int] = None, proposal_seed: int = 0,
                  topk_train: int = 2000, topk_test: int = 2000, pyramid_scales: Sequence[float] = (),

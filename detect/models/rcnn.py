@@ -50,8 +50,6 @@ class RCNN(nn.Module):
         proposal_*: selective search settings for inference without a proposals file.
     """
 
-    uses_proposals = True
-
     def __init__(self, backbone: Backbone, class_names: Sequence[str], crop_size: int = 227, context: int = 16,
                  fc_dim: int = 512, batch_rois: int = 128, fg_fraction: float = 0.25, fg_iou: float = 0.5,
                  crops_per_chunk: int = 256, nms_thresh: float = 0.3, detections_per_image: int = 100,

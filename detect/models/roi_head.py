@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detect.ops import BalancedSampler, BoxCoder, Matcher, RoIPooler, batched_nms, box_iou, clip_boxes
+from detect.ops import BalancedSampler, BoxCoder, Matcher, RoIPooler, batched_nms, clip_boxes
 
 ImageSize = Tuple[int, int]
 PREDICT_CHUNK_BYTES = 24 << 20  # pooled features classified at once at inference (see RoIHead.predict)
@@ -36,10 +36,7 @@ def sample_proposals(proposals: torch.Tensor, target: Dict[str, torch.Tensor], m
     if add_gt and gt_boxes.numel():
         proposals = torch.cat([proposals, gt_boxes])
     if gt_boxes.numel():
-        matches, match_labels = matcher(box_iou(gt_boxes, proposals))
-        ignore = target.get("ignore")
-        if ignore is not None and ignore.any():
-            match_labels[ignore.to(proposals.device)[matches] & (match_labels == 1)] = -1
+        matches, match_labels = matcher.match_boxes(gt_boxes, proposals, target.get("ignore"))
     else:  # no objects: every proposal is background (even below Fast R-CNN's 0.1 IoU floor)
         matches = torch.zeros(proposals.shape[0], dtype=torch.int64, device=proposals.device)
         match_labels = torch.zeros(proposals.shape[0], dtype=torch.int8, device=proposals.device)

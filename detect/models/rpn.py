@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detect.models.anchors import AnchorGenerator
-from detect.ops import BalancedSampler, BoxCoder, Matcher, batched_nms, box_iou, clip_boxes
+from detect.ops import BalancedSampler, BoxCoder, Matcher, batched_nms, clip_boxes
 from detect.ops.conv import Conv3x3
 
 ImageSize = Tuple[int, int]
@@ -155,8 +155,5 @@ class RPN(nn.Module):
         if gt.numel() == 0:
             labels = anchors.new_zeros(anchors.shape[0], dtype=torch.int8)
             return labels, torch.zeros_like(anchors)
-        matches, labels = self.matcher(box_iou(gt, anchors))
-        ignore = target.get("ignore")
-        if ignore is not None and ignore.any():
-            labels[ignore.to(anchors.device)[matches] & (labels == 1)] = -1
+        matches, labels = self.matcher.match_boxes(gt, anchors, target.get("ignore"))
         return labels, gt[matches]

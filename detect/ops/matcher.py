@@ -13,9 +13,11 @@ Fast R-CNN (Girshick)  [0.1, 0.5]    [-1, 0, 1]          background only in [0.1
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
+
+from detect.ops.boxes import box_iou
 
 FOREGROUND, BACKGROUND, IGNORE = 1, 0, -1
 
@@ -72,6 +74,16 @@ class Matcher:
 
         if self.allow_low_quality_matches:
             self._add_low_quality_matches(iou, match_labels)
+        return matches, match_labels
+
+    def match_boxes(self, gt_boxes: torch.Tensor, boxes: torch.Tensor, ignore: Optional[torch.Tensor] = None
+                    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Match ``boxes (N, 4)`` to ``gt_boxes (M, 4)`` by IoU, as ``__call__`` does; a box whose
+        best ground truth is an ``ignore`` one (``(M,)`` bool: crowd, difficult) is IGNORE instead of
+        foreground: neither a positive nor a negative (the RPN's anchors, the RoI head's proposals)."""
+        matches, match_labels = self(box_iou(gt_boxes, boxes))
+        if ignore is not None and ignore.any():
+            match_labels[ignore.to(boxes.device)[matches] & (match_labels == FOREGROUND)] = IGNORE
         return matches, match_labels
 
     @staticmethod

@@ -33,15 +33,13 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from detect.errors import ProposalError
+
 LOG = logging.getLogger(__name__)
 FORMAT = "detect-proposals"
 # bump when selective search changes its output for the same settings, so old caches are refused
 ALGORITHM_VERSION = 1
 FLUSH_EVERY = 20  # finished images per shard of a partial run: what a kill can cost, at most (or 60 s of work)
-
-
-class ProposalError(ValueError):
-    """A proposals file is missing, malformed, made with other settings, or lacks an image."""
 
 
 @dataclass

@@ -9,15 +9,7 @@ import logging
 import sys
 from typing import Callable, Optional, Sequence
 
-from detect.config import ConfigError
-from detect.data.dataset import DatasetError
-from detect.data.image_io import ImageReadError
-from detect.engine.checkpoint import CheckpointError
-from detect.engine.device import DeviceError
-from detect.proposals.cache import ProposalError
-
-USER_ERRORS = (ConfigError, DatasetError, ImageReadError, CheckpointError, DeviceError, ProposalError,
-               FileNotFoundError)
+from detect.errors import USER_ERRORS
 
 
 def setup_logging(level: int = logging.INFO) -> None:

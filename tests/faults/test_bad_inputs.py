@@ -1,7 +1,6 @@
 """Bad inputs a user meets: each gets one clear message naming the file and what is wrong, and
 nothing that can be kept is lost. The last test feeds random data through the loaders and the
 config and accepts only the package's own errors."""
-import io
 import json
 import pickle
 import subprocess

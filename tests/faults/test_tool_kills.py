@@ -9,7 +9,6 @@ import pytest
 from detect.config import load_config
 from detect.engine.trainer import train
 from detect.proposals.cache import load_proposals
-from tests.conftest import REPO
 from tests.faults.test_training_kills import launch
 
 
