@@ -269,3 +269,22 @@ def test_an_unreadable_training_image_is_replaced_and_reported_once(tmp_path, ca
     with pytest.raises(DatasetError, match="1 training images could not be read, more than data.max_unreadable=0.1 "
                                            "of 4:\n  " + re.escape(message)):
         train(cfg, tmp_path / "stopped", progress=False)
+
+
+def test_a_wall_clock_budget_ends_the_run_and_the_schedule_follows_it(four_images, tmp_path):
+    # 6 seconds, max_iter far away: the run stops on time, and the lr steps at 50% and 75% of the
+    # seconds spent (not of max_iter, which would leave it at the full rate throughout)
+    cfg = tiny_config(four_images, "train.max_minutes=0.1", "train.max_iter=1000000", "train.log_period=1",
+                      "train.warmup_iters=0", "train.steps=[0.5,0.75]", "train.lr=0.02", "data.test.ann_file=null")
+    train(cfg, tmp_path, progress=False)
+    state = load_checkpoint(tmp_path / "model_final.pth")
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert 6.0 <= state["elapsed"] < 6.0 + 5.0 and 10 < state["iteration"] < 1000000
+    assert [r["iteration"] for r in rows] == list(range(1, state["iteration"] + 1))
+    for r in rows:  # each step's rate is the one its share of the 6 seconds asks for
+        done = r["elapsed_s"] / 6.0
+        expected = 0.02 * (1.0 if done < 0.5 else 0.1 if done < 0.75 else 0.01)
+        before = (r["elapsed_s"] - 0.5) / 6.0  # the rate was set when the step began, up to a step earlier
+        allowed = {expected, 0.02 * (1.0 if before < 0.5 else 0.1 if before < 0.75 else 0.01)}
+        assert any(abs(r["lr"] - a) < 1e-12 for a in allowed), (r, allowed)
+    assert {round(r["lr"], 6) for r in rows} == {0.02, 0.002, 0.0002}
