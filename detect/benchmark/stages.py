@@ -30,8 +30,8 @@ import torch
 from detect.config import load_config
 from detect.data.build import build_dataset
 from detect.data.coco import to_coco_dict
-from detect.data.image_io import read_image
 from detect.data.collate import collate_detection, image_to_tensor
+from detect.data.image_io import read_image
 from detect.data.transforms import boxes_to_original, build_transforms
 from detect.engine.checkpoint import load_checkpoint, load_model
 from detect.engine.evaluation import evaluate_detections
