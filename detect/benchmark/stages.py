@@ -126,7 +126,8 @@ def timed_calls(owner, name: str, calls: List[Tuple[float, Any]]):
 
 
 @torch.no_grad()
-def timed_predict(model, image: torch.Tensor, target: Dict[str, Any], original_path: Optional[Path] = None):
+def timed_predict(model, image: torch.Tensor, target: Dict[str, Any], external_proposals: bool,
+                  original_path: Optional[Path] = None):
     """One image's detections through the model's own forward, exactly as evaluation runs it (for
     Fast R-CNN and R-CNN on the test split's proposals when the target carries them), with
     ``{"proposals", "network", "postprocess"}`` seconds and the proposals (input pixels) it used.
@@ -135,7 +136,7 @@ def timed_predict(model, image: torch.Tensor, target: Dict[str, Any], original_p
     run again on it (``original_path``) to time it, with the model's settings, and its boxes are not used."""
     post: List[Tuple[float, Any]] = []
     head = model if isinstance(model, RCNN) else model.roi_head
-    if isinstance(model, FasterRCNN):
+    if not external_proposals:  # the RPN makes them inside the forward
         rpn: List[Tuple[float, Any]] = []
         with timed_calls(model.rpn, "forward", rpn), timed_calls(head, "postprocess", post):
             start = time.perf_counter()
@@ -157,7 +158,7 @@ def timed_predict(model, image: torch.Tensor, target: Dict[str, Any], original_p
             total = time.perf_counter() - start
         used = prepare_proposals([given], [(int(image.shape[1]), int(image.shape[2]))], image.device, model.topk[1])[0]
     postprocess = sum(t for t, _ in post)
-    network = total - postprocess - (searched if isinstance(model, FasterRCNN) else 0.0)
+    network = total - postprocess - (0.0 if external_proposals else searched)
     return det, {"proposals": searched, "network": network, "postprocess": postprocess}, used
 
 
@@ -165,14 +166,15 @@ def evaluate_stage(model, cfg, max_images: Optional[int], progress: bool) -> Dic
     from tqdm import tqdm
 
     dataset = build_dataset(cfg, "test", transforms=build_transforms(cfg, train=False), class_names=cfg.data.classes)
-    if REGISTRY[cfg.model.type].external_proposals:  # the test split's proposals file, as evaluation uses it
+    external = REGISTRY[cfg.model.type].external_proposals
+    if external:  # the test split's proposals file, as evaluation uses it
         attach_proposals(dataset, cfg, "test", cfg.model.proposals.topk_test, required=False)
     n = len(dataset) if not max_images else min(max_images, len(dataset))
     detections, proposals, times = {}, {}, []
     model.eval()
     for i in tqdm(range(n), desc=f"test {type(model).__name__}", disable=not progress):
         images, targets = collate_detection([dataset[i]])
-        det, timing, props = timed_predict(model, images[0], targets[0], dataset.records[i].path)
+        det, timing, props = timed_predict(model, images[0], targets[0], external, dataset.records[i].path)
         t = targets[0]
         detections[int(t["image_id"])] = to_original(det, t)
         proposals[int(t["image_id"])] = boxes_to_original(props.cpu().numpy(), t["scale"])

@@ -18,6 +18,7 @@ import torch
 
 import detect
 from detect.errors import CheckpointError
+from detect.utils.files import write_text_atomic
 
 FORMAT = "detect-checkpoint-v1"
 LAST_CHECKPOINT = "last_checkpoint"
@@ -104,10 +105,7 @@ def model_weights(state: Dict[str, Any]) -> Dict[str, torch.Tensor]:
 
 
 def write_last_checkpoint(folder: Union[str, Path], name: str) -> None:
-    folder = Path(folder)
-    tmp = folder / f".{LAST_CHECKPOINT}.tmp"
-    tmp.write_text(name + "\n")
-    os.replace(tmp, folder / LAST_CHECKPOINT)
+    write_text_atomic(Path(folder) / LAST_CHECKPOINT, name + "\n")
 
 
 def find_last_checkpoint(folder: Union[str, Path]) -> Optional[Path]:

@@ -33,6 +33,7 @@ from detect.data.folder import ImageFolder, list_images
 from detect.data.image_io import is_image_file
 from detect.engine.predictor import Predictor
 from detect.ops.boxes import xyxy_to_xywh
+from detect.utils.files import write_text_atomic
 from detect.utils.visualize import draw_boxes, write_image
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -84,13 +85,6 @@ class _DisplayTransform:
             target["display"] = image if scale == 1.0 else cv2.resize(image, (round(w * scale), round(h * scale)),
                                                                         interpolation=cv2.INTER_AREA)
         return resized, target
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _safe_child(out: Path, rel: str) -> Path:
@@ -166,7 +160,7 @@ def _finish_image(info: Dict[str, Any], det: Dict[str, Any], keep: Optional[set]
         write_image(target, drawn)  # before the result file: a run killed in between redoes this image
     record = {"file": rel, "path": info["path"], "width": int(w), "height": int(h),
               "boxes": np.round(boxes, 2).tolist(), "scores": np.round(scores, 5).tolist(), "labels": labels.tolist()}
-    _atomic_write(_safe_child(results_dir, f"{rel}.json"), json.dumps(record))
+    write_text_atomic(_safe_child(results_dir, f"{rel}.json"), json.dumps(record))
 
 
 def _coco_rows(image_id: int, boxes, scores, labels, class_names: Sequence[str], counts: Counter) -> List[Dict[str, Any]]:
@@ -184,8 +178,8 @@ def _write_coco(output: Path, images: List[Dict[str, Any]], detections: List[Dic
                 class_names: Sequence[str], counts: Counter) -> Dict[str, Any]:
     """``detections.json`` and ``images.json`` (COCO results and image list); the summary's counts."""
     categories = [{"id": i + 1, "name": n} for i, n in enumerate(class_names)]
-    _atomic_write(output / "detections.json", json.dumps(detections))
-    _atomic_write(output / "images.json", json.dumps({"images": images, "categories": categories, "annotations": []}))
+    write_text_atomic(output / "detections.json", json.dumps(detections))
+    write_text_atomic(output / "images.json", json.dumps({"images": images, "categories": categories, "annotations": []}))
     return {"images": len(images), "detections": len(detections), "per_class": {n: counts.get(n, 0) for n in class_names}}
 
 
@@ -199,7 +193,7 @@ def _write_outputs(output: Path, results_dir: Path, rel: List[str], files: List[
         rec = json.loads(result_file.read_text())
         images.append({"id": image_id, "file_name": r, "path": str(f), "width": rec["width"], "height": rec["height"]})
         detections += _coco_rows(image_id, rec["boxes"], rec["scores"], rec["labels"], class_names, counts)
-    _atomic_write(output / "skipped.json", json.dumps(skipped, indent=1))
+    write_text_atomic(output / "skipped.json", json.dumps(skipped, indent=1))
     return {**_write_coco(output, images, detections, class_names, counts), "skipped": skipped}
 
 

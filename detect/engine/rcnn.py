@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -28,6 +27,7 @@ from detect.data.transforms import build_transforms
 from detect.engine.svm import ridge_regression, train_svm_with_hard_negatives
 from detect.ops import box_iou, nonempty_boxes
 from detect.proposals.cache import attach_proposals
+from detect.utils.files import write_text_atomic
 
 LOG = logging.getLogger(__name__)
 NEGATIVE_IOU = 0.3  # SVM negatives: below this IoU with every box of the class
@@ -105,9 +105,7 @@ class FeatureCache:
                                for i, n in self.index["done"].items()] or [np.zeros(0, np.int64)])
 
     def _write_index(self) -> None:
-        tmp = self.index_file.with_name(".index.json.tmp")
-        tmp.write_text(json.dumps(self.index))
-        os.replace(tmp, self.index_file)
+        write_text_atomic(self.index_file, json.dumps(self.index))
 
 
 @torch.no_grad()

@@ -20,7 +20,6 @@ import importlib
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -48,6 +47,7 @@ from detect.engine.evaluation import evaluate, format_metrics  # evaluate: also 
 from detect.models import build_model
 from detect.models.registry import stage_of
 from detect.models.anchor_fit import is_auto, lost_boxes_advice, settle_anchors
+from detect.utils.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -168,9 +168,7 @@ def trim_log(log_file: Path, iteration: int, drop_eval_at: Optional[int] = None)
         if isinstance(row, dict) and row.get("iteration", 0) <= iteration and not (
                 "eval" in row and row.get("iteration") == drop_eval_at):
             kept.append(line)
-    tmp = log_file.with_name(f".{log_file.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, log_file)
+    write_text_atomic(log_file, "".join(line + "\n" for line in kept))
 
 
 def loss_curve(log_file: Path, out: Path) -> None:

@@ -34,6 +34,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from detect.errors import ProposalError
+from detect.utils.files import write_text_atomic
 
 LOG = logging.getLogger(__name__)
 FORMAT = "detect-proposals"
@@ -236,9 +237,7 @@ def compute_proposals(records: Sequence, output, mode: str = "fast", seed: int =
     start = time.perf_counter()
     if todo:
         partial.mkdir(parents=True, exist_ok=True)
-        tmp = partial / ".meta.json.tmp"  # a kill mid-write must not leave a meta.json that cannot be parsed
-        tmp.write_text(json.dumps(meta, sort_keys=True))
-        os.replace(tmp, partial / "meta.json")
+        write_text_atomic(partial / "meta.json", json.dumps(meta, sort_keys=True))  # never half a meta.json
         jobs = [(i, str(records[i].path), mode, seed, max_side) for i in todo]
         workers = workers or os.cpu_count() or 1
         buffer: List[Tuple[int, np.ndarray]] = []
