@@ -63,7 +63,7 @@ def shapes_with_proposals(tmp_path_factory) -> Path:
     from detect.data.image_io import read_image
     from detect.data.synthetic import generate_dataset
     from detect.proposals import selective_search
-    from detect.proposals.cache import image_keys, write_proposals
+    from detect.proposals.files import image_keys, write_proposals
 
     data = generate_dataset(tmp_path_factory.mktemp("with_props"), num_train=4, num_test=1, seed=3, long_side=128,
                             max_objects=3)

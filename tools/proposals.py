@@ -20,7 +20,8 @@ from pathlib import Path
 
 from detect.config import load_config
 from detect.data.build import build_dataset
-from detect.proposals.cache import compute_proposals, default_proposals_path, load_proposals, proposals_for_records
+from detect.proposals.cache import compute_proposals, default_proposals_path
+from detect.proposals.files import load_proposals, proposals_for_records
 from detect.proposals.recall import evaluate_proposal_recall, format_recall
 from detect.utils.cli import run_cli, setup_logging
 

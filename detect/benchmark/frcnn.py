@@ -24,6 +24,7 @@ from detect.config import Config, config_from_dict
 from detect.data.build import build_dataset
 from detect.data.collate import collate_detection
 from detect.data.transforms import build_transforms
+from detect.engine.runtime import prepare_for_inference
 from detect.models import build_model
 from detect.models.anchor_fit import settle_anchors
 
@@ -119,7 +120,7 @@ def run_frcnn_benchmark(cfg: Config, num_images: int = 10, train_steps: int = 5,
         ims, tg = collate_detection([train_set[2 * i], train_set[2 * i + 1]])
         train_batches.append((ims, [{"boxes": t["boxes"], "labels": t["labels"]} for t in tg]))
 
-    ours = build_model(cfg)
+    ours = prepare_for_inference(build_model(cfg))  # the inference runtime's CPU choices, as Predictor applies them
     theirs = torchvision_model(cfg)
     post_ours = cfg.model.rpn.post_nms_topk_test
 

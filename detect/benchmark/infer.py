@@ -13,6 +13,7 @@ from detect.data.folder import list_images
 from detect.data.image_io import read_image
 from detect.engine.infer_folder import run_folder
 from detect.engine.predictor import Predictor
+from detect.engine.runtime import run_model
 
 
 def run_infer_benchmark(checkpoint: str, folder: str, batch_size: int = 4, workers: int = 2,
@@ -29,11 +30,11 @@ def run_infer_benchmark(checkpoint: str, folder: str, batch_size: int = 4, worke
         # Forward only: images decoded, resized and batched beforehand.
         prepared = [predictor.prepare(read_image(f)) for f in sorted(src.iterdir())]
         with torch.inference_mode():
-            predictor.model([prepared[0][0]])  # warm-up
+            run_model(predictor.model, [prepared[0][0]])  # warm-up
             start = time.perf_counter()
             for i in range(0, len(prepared), batch_size):
                 chunk = prepared[i:i + batch_size]
-                predictor.model([p[0] for p in chunk])
+                run_model(predictor.model, [p[0] for p in chunk])
             forward = time.perf_counter() - start
         start = time.perf_counter()
         summary = run_folder(predictor, str(src), Path(tmp) / "out", batch_size=batch_size, num_workers=workers,

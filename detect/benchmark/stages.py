@@ -16,7 +16,6 @@ of proposals, and a grid of test images with each stage's detections.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
@@ -36,12 +35,12 @@ from detect.data.transforms import boxes_to_original, build_transforms
 from detect.engine.checkpoint import load_checkpoint, load_model
 from detect.engine.evaluation import evaluate_detections
 from detect.engine.inference import to_original
+from detect.engine.runtime import prepare_for_inference, run_model, timed_calls
 from detect.engine.trainer import train
-from detect.models.external_proposals import prepare_proposals, search_images
 from detect.models.faster_rcnn import FasterRCNN
-from detect.models.rcnn import RCNN
 from detect.models.registry import STAGES as REGISTRY
-from detect.proposals.cache import attach_proposals, compute_proposals
+from detect.proposals.attach import attach_proposals
+from detect.proposals.cache import compute_proposals
 from detect.proposals.recall import best_overlaps, evaluate_proposal_recall
 
 LOG = logging.getLogger(__name__)
@@ -106,60 +105,32 @@ def train_stage(stage: str, cfg, output_dir: Path, progress: bool) -> Dict[str, 
     return {"checkpoint": str(output_dir / "model_final.pth"), "train_seconds": time.perf_counter() - start}
 
 
-@contextlib.contextmanager
-def timed_calls(owner, name: str, calls: List[Tuple[float, Any]]):
-    """Inside the block, every call of ``owner.name`` appends ``(seconds, result)`` to ``calls``: the
-    benchmark times parts of the model's own forward from outside, and the model knows nothing of it."""
-    original = getattr(owner, name)
-
-    def timed(*args, **kwargs):
-        start = time.perf_counter()
-        out = original(*args, **kwargs)
-        calls.append((time.perf_counter() - start, out))
-        return out
-
-    setattr(owner, name, timed)  # an instance attribute, found before the class's method
-    try:
-        yield calls
-    finally:
-        delattr(owner, name)
-
-
 @torch.no_grad()
-def timed_predict(model, image: torch.Tensor, target: Dict[str, Any], external_proposals: bool,
-                  original_path: Optional[Path] = None):
+def timed_predict(model, image: torch.Tensor, target: Dict[str, Any], original_path: Optional[Path] = None):
     """One image's detections through the model's own forward, exactly as evaluation runs it (for
     Fast R-CNN and R-CNN on the test split's proposals when the target carries them), with
     ``{"proposals", "network", "postprocess"}`` seconds and the proposals (input pixels) it used.
 
-    Given proposals were computed by selective search on the original image file: that search is
-    run again on it (``original_path``) to time it, with the model's settings, and its boxes are not used."""
+    The proposer and the postprocess are timed from outside, around that one call. Given proposals
+    were computed by selective search on the original image file: that search is run again on it
+    (``original_path``) to time it, with the model's settings, and its boxes are not used."""
+    proposed: List[Tuple[float, Any]] = []
     post: List[Tuple[float, Any]] = []
-    head = model if isinstance(model, RCNN) else model.roi_head
-    if not external_proposals:  # the RPN makes them inside the forward
-        rpn: List[Tuple[float, Any]] = []
-        with timed_calls(model.rpn, "forward", rpn), timed_calls(head, "postprocess", post):
-            start = time.perf_counter()
-            det = model([image])[0]
-            total = time.perf_counter() - start
-        searched, used = sum(t for t, _ in rpn), rpn[0][1][0][0]
-    else:
-        if target.get("proposals") is not None:
-            given = target["proposals"]
-            source = read_image(original_path) if original_path is not None else None
-            searched = search_images([image_to_tensor(source)] if source is not None else [image], model.proposal_mode,
-                                     model.proposal_seed, model.proposal_max_side)[1]
-        else:  # what the forward would do without proposals, done here to time it on its own
-            raw, searched = search_images([image], model.proposal_mode, model.proposal_seed, model.proposal_max_side)
-            given = raw[0]
-        with timed_calls(head, "postprocess", post):
-            start = time.perf_counter()
-            det = model([image], proposals=[given])[0]
-            total = time.perf_counter() - start
-        used = prepare_proposals([given], [(int(image.shape[1]), int(image.shape[2]))], image.device, model.topk[1])[0]
+    given = target.get("proposals")
+    with timed_calls(model.proposer, "forward", proposed), timed_calls(model, "postprocess", post):
+        start = time.perf_counter()
+        det = run_model(model, [image], None if given is None else [given])[0]
+        total = time.perf_counter() - start
+    proposer_seconds = sum(t for t, _ in proposed)
     postprocess = sum(t for t, _ in post)
-    network = total - postprocess - (0.0 if external_proposals else searched)
-    return det, {"proposals": searched, "network": network, "postprocess": postprocess}, used
+    network = total - postprocess - proposer_seconds
+    searched = proposer_seconds
+    if given is not None:
+        source = read_image(original_path) if original_path is not None else None
+        start = time.perf_counter()
+        model.proposer.search([image_to_tensor(source)] if source is not None else [image])
+        searched = time.perf_counter() - start
+    return det, {"proposals": searched, "network": network, "postprocess": postprocess}, proposed[0][1][0][0]
 
 
 def evaluate_stage(model, cfg, max_images: Optional[int], progress: bool) -> Dict[str, Any]:
@@ -171,10 +142,10 @@ def evaluate_stage(model, cfg, max_images: Optional[int], progress: bool) -> Dic
         attach_proposals(dataset, cfg, "test", cfg.model.proposals.topk_test, required=False)
     n = len(dataset) if not max_images else min(max_images, len(dataset))
     detections, proposals, times = {}, {}, []
-    model.eval()
+    prepare_for_inference(model.eval())
     for i in tqdm(range(n), desc=f"test {type(model).__name__}", disable=not progress):
         images, targets = collate_detection([dataset[i]])
-        det, timing, props = timed_predict(model, images[0], targets[0], external, dataset.records[i].path)
+        det, timing, props = timed_predict(model, images[0], targets[0], dataset.records[i].path)
         t = targets[0]
         detections[int(t["image_id"])] = to_original(det, t)
         proposals[int(t["image_id"])] = boxes_to_original(props.cpu().numpy(), t["scale"])

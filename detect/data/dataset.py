@@ -165,7 +165,7 @@ class DetectionDataset(Dataset):
     ``image`` is ``HxWx3`` uint8 RGB; ``target`` holds ``boxes (N, 4)`` float32 xyxy, ``labels (N,)``
     int64 in ``1..C``, ``ignore (N,)`` bool (crowd / difficult), ``image_id`` int and ``orig_size``
     ``(height, width)`` of the file. With proposals attached (Fast R-CNN, R-CNN: see
-    :func:`detect.proposals.cache.attach_proposals`) it also holds ``proposals (P, 4)`` float32
+    :func:`detect.proposals.attach.attach_proposals`) it also holds ``proposals (P, 4)`` float32
     xyxy, best-ranked first. ``transforms(image, target)`` is applied last.
     """
 
@@ -180,11 +180,18 @@ class DetectionDataset(Dataset):
         self.transforms = transforms
         self.description = description
         self._size_warned = set()
-        # per record, a callable giving its proposals (original pixels); set by attach_proposals
+        # per record, a callable giving its proposals (original pixels): set_proposals
         self.proposals: Optional[Callable[[int], np.ndarray]] = None
         if check_files:
             self._check_files_exist()
         self._report_problems()
+
+    def set_proposals(self, lookup: Optional[Callable[[int], np.ndarray]]) -> None:
+        """From now on each item's target holds ``proposals``: ``lookup(index)`` -> ``(P, 4)`` float32 xyxy
+        in the file's pixels, best first (clipped to the image here); None removes them."""
+        if lookup is not None and not callable(lookup):
+            raise TypeError(f"set_proposals takes a function of the item index, not {type(lookup).__name__}")
+        self.proposals = lookup
 
     @property
     def class_names(self) -> List[str]:

@@ -28,7 +28,7 @@ from detect.data.transforms import build_transforms
 from detect.engine.inference import predict_dataset
 from detect.models.registry import stage_of
 from detect.ops.boxes import box_iou, xyxy_to_xywh
-from detect.proposals.cache import attach_proposals
+from detect.proposals.attach import attach_proposals
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,9 @@
 """Running a detector over a dataset, with predictions mapped back to the original images."""
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -12,6 +13,8 @@ from tqdm import tqdm
 from detect.data.collate import collate_detection
 from detect.data.image_io import ImageReadError
 from detect.data.transforms import boxes_to_original
+from detect.engine.runtime import prepare_for_inference, run_model, timed_calls
+from detect.models.external_proposals import ExternalProposals
 from detect.ops.boxes import clip_boxes_np
 
 
@@ -58,30 +61,33 @@ def predict_dataset(model: torch.nn.Module, dataset, device: torch.device, batch
     loader = DataLoader(ReadableItems(dataset), batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_detection, persistent_workers=False)
     was_training = model.training
-    model.eval()
+    prepare_for_inference(model.eval(), device)
+    proposer = getattr(model, "proposer", None)
+    searches: List[Tuple[float, Any]] = []  # selective search, when an external proposer runs it
+    search_timer = timed_calls(proposer, "search", searches) if isinstance(proposer, ExternalProposals) \
+        else contextlib.nullcontext()
     detections: Dict[int, Dict[str, np.ndarray]] = {}
     unreadable: Dict[int, str] = {}
-    model_time = proposal_time = 0.0
+    model_time = 0.0
     start = time.perf_counter()
-    for images, targets in tqdm(loader, desc="inference", disable=not progress, leave=False):
-        for target in targets:
-            if "unreadable" in target:
-                unreadable[int(target["image_id"])] = target["unreadable"]
-        targets = [t for t in targets if "unreadable" not in t]
-        images = [im.to(device, non_blocking=True) for im in images if im is not None]
-        if not images:
-            continue
-        t0 = time.perf_counter()
-        if all("proposals" in t for t in targets):  # Fast R-CNN / R-CNN with a proposals file
-            outputs = model(images, proposals=[t["proposals"] for t in targets])
-        else:
-            outputs = model(images)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        model_time += time.perf_counter() - t0
-        proposal_time += getattr(model, "last_proposal_seconds", 0.0)  # selective search run by the model
-        for out, target in zip(outputs, targets):
-            detections[int(target["image_id"])] = to_original(out, target)
+    with search_timer:
+        for images, targets in tqdm(loader, desc="inference", disable=not progress, leave=False):
+            for target in targets:
+                if "unreadable" in target:
+                    unreadable[int(target["image_id"])] = target["unreadable"]
+            targets = [t for t in targets if "unreadable" not in t]
+            images = [im.to(device, non_blocking=True) for im in images if im is not None]
+            if not images:
+                continue
+            t0 = time.perf_counter()
+            given = [t["proposals"] for t in targets] if all("proposals" in t for t in targets) else None
+            outputs = run_model(model, images, given)  # given: Fast R-CNN / R-CNN with a proposals file
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            model_time += time.perf_counter() - t0
+            for out, target in zip(outputs, targets):
+                detections[int(target["image_id"])] = to_original(out, target)
+    proposal_time = sum(seconds for seconds, _ in searches)
     model.train(was_training)
     total = time.perf_counter() - start
     n = max(len(detections), 1)

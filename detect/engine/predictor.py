@@ -18,6 +18,7 @@ from detect.data.transforms import build_transforms
 from detect.engine.checkpoint import load_model
 from detect.engine.device import resolve_device
 from detect.engine.inference import to_original
+from detect.engine.runtime import prepare_for_inference, run_model
 
 ImageLike = Union[str, Path, np.ndarray]
 
@@ -32,7 +33,7 @@ class Predictor:
     """
 
     def __init__(self, model: torch.nn.Module, cfg, device: torch.device):
-        self.model = model.to(device).eval()
+        self.model = prepare_for_inference(model.to(device).eval(), device)
         self.cfg = cfg
         self.device = device
         self.class_names: List[str] = list(cfg.data.classes)
@@ -60,7 +61,7 @@ class Predictor:
     @torch.no_grad()
     def predict_tensors(self, images: List[torch.Tensor], targets: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         """Run the model on prepared images; results in each original image's pixels."""
-        outputs = self.model([im.to(self.device, non_blocking=True) for im in images])
+        outputs = run_model(self.model, [im.to(self.device, non_blocking=True) for im in images])
         results = []
         for out, target in zip(outputs, targets):
             det = to_original(out, target)

@@ -26,7 +26,7 @@ from detect.data.collate import collate_detection
 from detect.data.transforms import build_transforms
 from detect.engine.svm import ridge_regression, train_svm_with_hard_negatives
 from detect.ops import box_iou, nonempty_boxes
-from detect.proposals.cache import attach_proposals
+from detect.proposals.attach import attach_proposals
 from detect.utils.files import write_text_atomic
 
 LOG = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from detect.config import Config, save_config
 from detect.data.build import build_dataset
-from detect.proposals.cache import attach_proposals
+from detect.proposals.attach import attach_proposals
 from detect.data.dataset import DatasetError
 from detect.data.image_io import ImageReadError
 from detect.data.collate import collate_detection

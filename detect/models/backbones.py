@@ -28,7 +28,6 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from detect.ops.conv import use_conv3x3
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +217,6 @@ def build_backbone(name: str, pretrained: Optional[str] = None, fpn: bool = Fals
                              f"{unknown}; its stages end at strides {sorted(by_stride)}")
         returned = sorted(by_stride[s] for s in set(fpn_strides))
     backbone = Backbone(stages, returned, fpn, res5=res5, fpn_channels=fpn_channels)
-    use_conv3x3(backbone)  # large-map 3x3 convs through NNPACK at CPU inference (detect.ops.conv)
     if freeze_at:
         backbone.freeze(freeze_at)
     return backbone

@@ -6,10 +6,11 @@ from typing import List, Sequence
 
 from detect.models.anchors import AnchorGenerator
 from detect.models.backbones import Backbone, build_backbone
+from detect.models.external_proposals import ExternalProposals
 from detect.models.roi_head import BoxPredictor, Res5Head, RoIHead, TwoFCHead
 from detect.models.rpn import RPN, RPNHead
 from detect.models.svd import factorise_box_head_shapes
-from detect.ops import BalancedSampler, BoxCoder, Matcher, RoIPooler
+from detect.ops import BACKGROUND, FOREGROUND, IGNORE, BalancedSampler, BoxCoder, Matcher, RoIPooler
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +58,16 @@ def build_rpn(cfg, backbone: Backbone) -> RPN:
     sizes = r.anchor_sizes or default_anchor_sizes(backbone.strides, backbone.fpn is not None)
     anchors = AnchorGenerator(sizes, r.aspect_ratios, backbone.strides)
     return RPN(anchors, RPNHead(backbone.out_channels, anchors.num_anchors_per_cell),
-               Matcher([r.bg_iou, r.fg_iou], [0, -1, 1], allow_low_quality_matches=True),
+               Matcher([r.bg_iou, r.fg_iou], [BACKGROUND, IGNORE, FOREGROUND], allow_low_quality_matches=True),
                BalancedSampler(r.batch_size_per_image, r.positive_fraction),
                pre_nms_topk=(r.pre_nms_topk_train, r.pre_nms_topk_test),
                post_nms_topk=(r.post_nms_topk_train, r.post_nms_topk_test), nms_thresh=r.nms_thresh)
+
+
+def build_external_proposer(cfg) -> ExternalProposals:
+    """The proposer of the stages on external proposals (Fast R-CNN, R-CNN), from ``model.proposals``."""
+    p = cfg.model.proposals
+    return ExternalProposals(p.mode, p.max_side or None, p.seed, p.topk_train, p.topk_test)
 
 
 def build_roi_head(cfg, backbone: Backbone, num_classes: int) -> RoIHead:
@@ -79,7 +86,7 @@ def build_roi_head(cfg, backbone: Backbone, num_classes: int) -> RoIHead:
             factorise_box_head_shapes(box_head, h.svd_ranks)
     pooler = RoIPooler(resolution, backbone.roi_strides, mode=h.pooler, sampling_ratio=h.sampling_ratio,
                        canonical_size=h.canonical_size)
-    labels = [0, 1] if h.bg_iou_low <= 0 else [-1, 0, 1]
+    labels = [BACKGROUND, FOREGROUND] if h.bg_iou_low <= 0 else [IGNORE, BACKGROUND, FOREGROUND]
     thresholds = [h.fg_iou] if h.bg_iou_low <= 0 else [h.bg_iou_low, h.fg_iou]
     return RoIHead(pooler, box_head, BoxPredictor(box_head.out_channels, num_classes),
                    Matcher(thresholds, labels), BalancedSampler(h.batch_size_per_image, h.positive_fraction),

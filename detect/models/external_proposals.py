@@ -6,6 +6,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from torch import nn
 
 from detect.ops import clip_boxes, nonempty_boxes
 
@@ -40,26 +41,43 @@ def prepare_proposals(proposals: Sequence[torch.Tensor], sizes: Sequence[Tuple[i
     return out
 
 
-def forward_proposals(model, images: List[torch.Tensor], targets: Optional[List[Dict[str, torch.Tensor]]],
-                      proposals: Optional[List[torch.Tensor]]) -> Tuple[List[torch.Tensor], List[Tuple[int, int]]]:
-    """The proposals one forward of a Fast R-CNN or R-CNN ``model`` uses, and the image sizes.
+class ExternalProposals(nn.Module):
+    """The proposer of Fast R-CNN and R-CNN: proposals from outside the network, with the proposer
+    contract of ``detect.models.two_stage`` (no losses).
 
-    Given ``proposals`` first, else the targets' (the training data path attaches them), else, at
-    inference only, selective search with the model's settings (its time lands in
-    ``model.last_proposal_seconds``). Cleaned by :func:`prepare_proposals` with the model's top-k.
+    Taken from the ``proposals`` argument first, else the training targets' ``proposals`` (the data
+    path attaches them from a proposals file), else, at inference only, from selective search on the
+    images as passed. Cleaned by :func:`prepare_proposals` and cut to the best ``topk``.
+
+    Args:
+        mode, max_side, seed: selective search settings (``detect.proposals.selective_search``).
+        topk_train, topk_test: best-ranked proposals kept per image.
     """
-    name = type(model).__name__
-    if model.training and targets is None:
-        raise ValueError(f"{name} in training mode needs targets (call model.eval() for inference)")
-    if proposals is None and targets is not None and all("proposals" in t for t in targets):
-        proposals = [t["proposals"] for t in targets]
-    model.last_proposal_seconds = 0.0
-    if proposals is None:
-        if model.training:
-            raise ValueError(f"{name} training needs proposals: each target's 'proposals' "
-                             "(set data.train.proposals to a file made by tools/proposals.py)")
-        proposals, model.last_proposal_seconds = search_images(
-            images, model.proposal_mode, model.proposal_seed, model.proposal_max_side)
-    sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
-    topk = model.topk[0 if model.training else 1]
-    return prepare_proposals(proposals, sizes, images[0].device, topk), sizes
+
+    def __init__(self, mode: str = "fast", max_side: Optional[int] = None, seed: int = 0,
+                 topk_train: int = 2000, topk_test: int = 2000):
+        super().__init__()
+        self.mode = mode
+        self.max_side = max_side
+        self.seed = seed
+        self.topk = (topk_train, topk_test)
+
+    def search(self, images: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """Selective search with this proposer's settings on ``3xHxW`` images in [0, 1]."""
+        return search_images(images, self.mode, self.seed, self.max_side)[0]
+
+    def forward(self, features, image_sizes: Sequence[Tuple[int, int]],
+                targets: Optional[List[Dict[str, torch.Tensor]]] = None, images: Optional[List[torch.Tensor]] = None,
+                proposals: Optional[List[torch.Tensor]] = None) -> Tuple[List[torch.Tensor], Dict[str, torch.Tensor]]:
+        """Per-image proposals ``(R_i, 4)`` xyxy in the images' pixels, and no losses (``{}``)."""
+        if proposals is None and targets is not None and all("proposals" in t for t in targets):
+            proposals = [t["proposals"] for t in targets]
+        if proposals is None:
+            if self.training:
+                raise ValueError("training on external proposals needs each target's 'proposals' "
+                                 "(set data.train.proposals to a file made by tools/proposals.py)")
+            if images is None:
+                raise ValueError("no proposals given and no images to run selective search on")
+            proposals = self.search(images)
+        device = images[0].device if images else (features[0].device if features else None)
+        return prepare_proposals(proposals, image_sizes, device, self.topk[0 if self.training else 1]), {}

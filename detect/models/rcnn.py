@@ -23,12 +23,13 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 from torchvision.ops import roi_align
 
 from detect.models.backbones import Backbone
-from detect.models.external_proposals import forward_proposals
-from detect.models.faster_rcnn import ImageBatcher
+from detect.models.external_proposals import ExternalProposals
 from detect.models.roi_head import sample_proposals, select_detections
+from detect.models.two_stage import ImageBatcher
 from detect.ops import BalancedSampler, BoxCoder, Matcher
 
 SCORE_FLOOR = 1e-3  # sigmoid of the SVM margin: keep nearly everything, NMS and top-k decide
@@ -47,14 +48,13 @@ class RCNN(nn.Module):
         crops_per_chunk: crops per network call at inference (bounds memory).
         nms_thresh, detections_per_image: test-time post-processing.
         bbox_reg: apply the box regressors at test time (once fitted).
-        proposal_*: selective search settings for inference without a proposals file.
+        proposer: :class:`ExternalProposals` (selective search settings and top-k), ``model.proposer``.
     """
 
     def __init__(self, backbone: Backbone, class_names: Sequence[str], crop_size: int = 227, context: int = 16,
                  fc_dim: int = 512, batch_rois: int = 128, fg_fraction: float = 0.25, fg_iou: float = 0.5,
                  crops_per_chunk: int = 256, nms_thresh: float = 0.3, detections_per_image: int = 100,
-                 bbox_reg: bool = True, proposal_mode: str = "fast", proposal_max_side: Optional[int] = None,
-                 proposal_seed: int = 0, topk_train: int = 2000, topk_test: int = 2000):
+                 bbox_reg: bool = True, proposer: Optional[ExternalProposals] = None):
         super().__init__()
         if not 0 <= 2 * context < crop_size:
             raise ValueError(f"context {context} leaves no room in a {crop_size}-pixel crop")
@@ -76,17 +76,13 @@ class RCNN(nn.Module):
         self.detections_per_image = detections_per_image
         self.bbox_reg = bbox_reg
         self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))  # the paper's regression targets, unweighted
-        self.proposal_mode = proposal_mode
-        self.proposal_max_side = proposal_max_side
-        self.proposal_seed = proposal_seed
-        self.topk = (topk_train, topk_test)
+        self.proposer = proposer if proposer is not None else ExternalProposals()
         # phases 2 and 3, saved with the model: SVM (C, D) + (C,), regressors (C, D + 1, 4)
         self.register_buffer("svm_weight", torch.zeros(num_classes, fc_dim))
         self.register_buffer("svm_bias", torch.zeros(num_classes))
         self.register_buffer("bbox_weight", torch.zeros(num_classes, fc_dim + 1, 4))
         self.register_buffer("svm_fitted", torch.zeros((), dtype=torch.bool))
         self.register_buffer("bbox_fitted", torch.zeros((), dtype=torch.bool))
-        self.last_proposal_seconds = 0.0
 
     # ------------------------------------------------------------------ crops and features
 
@@ -126,7 +122,14 @@ class RCNN(nn.Module):
 
     def forward(self, images: List[torch.Tensor], targets: Optional[List[Dict[str, torch.Tensor]]] = None,
                 proposals: Optional[List[torch.Tensor]] = None):
-        proposals, sizes = forward_proposals(self, images, targets, proposals)
+        """The phases of ``detect.models.two_stage``: proposer, then crops through the network
+        (fine-tuning loss when training; SVM scores, box regression and per-class NMS at inference)."""
+        if self.training and targets is None:
+            raise ValueError("RCNN in training mode needs targets (call model.eval() for inference)")
+        sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
+        with record_function("detect.proposer"):
+            proposals, _ = self.proposer(None, sizes, targets=targets if self.training else None, images=images,
+                                         proposals=proposals)
         if self.training:
             return self.finetune_loss(images, proposals, targets)
         return self.detect(images, proposals, sizes)
@@ -146,8 +149,13 @@ class RCNN(nn.Module):
 
     @torch.no_grad()
     def detect(self, images, proposals, sizes) -> List[Dict[str, torch.Tensor]]:
-        return [self.postprocess(*self.score_and_regress(image, props), size)
-                for image, props, size in zip(images, proposals, sizes)]
+        out = []
+        for image, props, size in zip(images, proposals, sizes):
+            with record_function("detect.roi_head"):  # crops, network, SVMs, regressors
+                boxes, scores = self.score_and_regress(image, props)
+            with record_function("detect.postprocess"):
+                out.append(self.postprocess(boxes, scores, size))
+        return out
 
     @torch.no_grad()
     def score_and_regress(self, image: torch.Tensor, props: torch.Tensor):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 from detect.errors import ConfigError
-from detect.models.build import build_roi_head, build_rpn
+from detect.models.build import build_external_proposer, build_roi_head, build_rpn
 from detect.models.fast_rcnn import FastRCNN
 from detect.models.faster_rcnn import FasterRCNN
 from detect.models.rcnn import RCNN
@@ -34,20 +34,19 @@ class Stage:
 
 
 def _build_rcnn(cfg, backbone, class_names: List[str]) -> RCNN:
-    r, p = cfg.model.rcnn, cfg.model.proposals
+    r = cfg.model.rcnn
     return RCNN(backbone, class_names, crop_size=r.crop_size, context=r.context, fc_dim=r.fc_dim,
                 batch_rois=r.batch_rois, fg_fraction=r.fg_fraction, fg_iou=r.fg_iou,
                 crops_per_chunk=r.crops_per_chunk, nms_thresh=r.nms_thresh,
-                detections_per_image=r.detections_per_image, bbox_reg=r.bbox_reg, proposal_mode=p.mode,
-                proposal_max_side=p.max_side or None, proposal_seed=p.seed, topk_train=p.topk_train,
-                topk_test=p.topk_test)
+                detections_per_image=r.detections_per_image, bbox_reg=r.bbox_reg,
+                proposer=build_external_proposer(cfg))
 
 
 def _build_fast_rcnn(cfg, backbone, class_names: List[str]) -> FastRCNN:
-    f, p = cfg.model.fast_rcnn, cfg.model.proposals
-    return FastRCNN(backbone, build_roi_head(cfg, backbone, len(class_names)), class_names, proposal_mode=p.mode,
-                    proposal_max_side=p.max_side or None, proposal_seed=p.seed, topk_train=p.topk_train,
-                    topk_test=p.topk_test, pyramid_scales=f.pyramid_scales, pyramid_roi_size=f.pyramid_roi_size)
+    f = cfg.model.fast_rcnn
+    return FastRCNN(backbone, build_roi_head(cfg, backbone, len(class_names)), class_names,
+                    proposer=build_external_proposer(cfg), pyramid_scales=f.pyramid_scales,
+                    pyramid_roi_size=f.pyramid_roi_size)
 
 
 def _build_faster_rcnn(cfg, backbone, class_names: List[str]) -> FasterRCNN:

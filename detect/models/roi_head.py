@@ -15,10 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detect.ops import BalancedSampler, BoxCoder, Matcher, RoIPooler, batched_nms, clip_boxes
+from detect.ops import BalancedSampler, BoxCoder, Matcher, RoIPooler, batched_nms, clip_boxes, nonempty_boxes
 
 ImageSize = Tuple[int, int]
-PREDICT_CHUNK_BYTES = 24 << 20  # pooled features classified at once at inference (see RoIHead.predict)
 
 
 @torch.no_grad()
@@ -59,7 +58,7 @@ def select_detections(boxes: torch.Tensor, scores: torch.Tensor, size: ImageSize
     labels = torch.arange(1, num_classes + 1, device=scores.device).expand(n, -1)
     keep = scores > score_thresh
     boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-    nonempty = ((boxes[:, 2] - boxes[:, 0]) > 1e-2) & ((boxes[:, 3] - boxes[:, 1]) > 1e-2)
+    nonempty = nonempty_boxes(boxes, min_size=1e-2)
     boxes, scores, labels = boxes[nonempty], scores[nonempty], labels[nonempty]
     keep = batched_nms(boxes, scores, labels, nms_thresh, max_keep=detections_per_image)
     return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
@@ -136,6 +135,9 @@ class RoIHead(nn.Module):
         self.detections_per_image = detections_per_image
         self.smooth_l1_beta = smooth_l1_beta
         self.add_gt_as_proposals = add_gt_as_proposals
+        # without gradients, pool and classify at most this many bytes of pooled features per call
+        # (0: all RoIs at once); set by the inference runtime where it pays (detect.engine.runtime)
+        self.predict_chunk_bytes = 0
 
     def forward(self, features: List[torch.Tensor], proposals: List[torch.Tensor], image_sizes: Sequence[ImageSize],
                 targets: Optional[List[Dict[str, torch.Tensor]]] = None):
@@ -151,16 +153,14 @@ class RoIHead(nn.Module):
     def predict(self, features: List[torch.Tensor], rois: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         """Class logits ``(R, C + 1)`` and deltas ``(R, 4 (C + 1))`` of the RoIs (all images, in order).
 
-        Without gradients the RoIs are pooled and classified image by image in chunks of at most
-        :data:`PREDICT_CHUNK_BYTES` of pooled features (same outputs): 1000 RoIs of 256x7x7 are 50 MB,
-        which glibc maps afresh at every call (above its 32 MB threshold), and the page faults cost
-        more than the pooling itself. Chunks under it reuse the same heap memory.
+        With ``predict_chunk_bytes`` set and no gradients, the RoIs are pooled and classified image
+        by image in chunks of at most that many bytes of pooled features (same outputs).
         """
-        if torch.is_grad_enabled() or not rois:
+        if not self.predict_chunk_bytes or torch.is_grad_enabled() or not rois:
             return self.classify(self.pool(features, rois))
         h, w = self.pooler.output_size
         per_roi = features[0].shape[1] * h * w * features[0].element_size()
-        chunk = max(1, PREDICT_CHUNK_BYTES // per_roi)
+        chunk = max(1, self.predict_chunk_bytes // per_roi)
         if sum(len(r) for r in rois) <= chunk:
             return self.classify(self.pool(features, rois))
         logits, deltas = [], []

@@ -14,8 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detect.models.anchors import AnchorGenerator
-from detect.ops import BalancedSampler, BoxCoder, Matcher, batched_nms, clip_boxes
-from detect.ops.conv import Conv3x3
+from detect.ops import BalancedSampler, BoxCoder, Matcher, batched_nms, clip_boxes, nonempty_boxes
 
 ImageSize = Tuple[int, int]
 
@@ -25,7 +24,7 @@ class RPNHead(nn.Module):
 
     def __init__(self, in_channels: int, num_anchors: int):
         super().__init__()
-        self.conv = Conv3x3(in_channels, in_channels, 3, padding=1)  # nn.Conv2d; NNPACK on large CPU maps
+        self.conv = nn.Conv2d(in_channels, in_channels, 3, padding=1)
         self.objectness = nn.Conv2d(in_channels, num_anchors, 1)
         self.deltas = nn.Conv2d(in_channels, 4 * num_anchors, 1)
         for layer in (self.conv, self.objectness, self.deltas):
@@ -76,10 +75,14 @@ class RPN(nn.Module):
         self.smooth_l1_beta = smooth_l1_beta
 
     def forward(self, features: List[torch.Tensor], image_sizes: Sequence[ImageSize],
-                targets: Optional[List[Dict[str, torch.Tensor]]] = None
-                ) -> Tuple[List[torch.Tensor], Dict[str, torch.Tensor]]:
+                targets: Optional[List[Dict[str, torch.Tensor]]] = None, images=None,
+                proposals: Optional[List[torch.Tensor]] = None) -> Tuple[List[torch.Tensor], Dict[str, torch.Tensor]]:
         """Returns per-image proposals ``(R_i, 4)`` xyxy (detached, best first) and, with
-        ``targets``, the losses ``loss_rpn_cls`` and ``loss_rpn_box``."""
+        ``targets``, the losses ``loss_rpn_cls`` and ``loss_rpn_box``. ``images`` and ``proposals``
+        complete the proposer contract (``detect.models.two_stage``): the RPN reads neither."""
+        if proposals is not None:
+            raise ValueError("Faster R-CNN makes its own proposals (the RPN): proposals cannot be given to it; "
+                             "use a Fast R-CNN model (model.type=fast_rcnn) for external proposals")
         anchors = self.anchor_generator([f.shape[-2:] for f in features], features[0].device)
         logits, deltas = self.head(features)
         flat = [_flatten(lg, d) for lg, d in zip(logits, deltas)]
@@ -113,7 +116,7 @@ class RPN(nn.Module):
         for i, size in enumerate(image_sizes):
             b = clip_boxes(boxes[i], size)
             s = scores[i]
-            keep = ((b[:, 2] - b[:, 0]) > self.min_size) & ((b[:, 3] - b[:, 1]) > self.min_size) & torch.isfinite(s)
+            keep = nonempty_boxes(b, self.min_size) & torch.isfinite(s)
             b, s, lv = b[keep], s[keep], levels[keep]
             keep = batched_nms(b, s, lv, self.nms_thresh, max_keep=post_k)  # NMS per level, as torchvision
             proposals.append(b[keep])

@@ -8,7 +8,7 @@ import pytest
 
 from detect.config import load_config
 from detect.engine.trainer import train
-from detect.proposals.cache import load_proposals
+from detect.proposals.files import load_proposals
 from tests.faults.test_training_kills import launch
 
 

@@ -13,13 +13,15 @@ from detect.config import load_config
 from detect.data.image_io import read_image
 from detect.data.transforms import DetectionTransform
 from detect.engine.checkpoint import load_model
+from detect.engine.runtime import run_model
 from detect.engine.trainer import train
 from detect.models import build_model
 from detect.models.fast_rcnn import FastRCNN
 from detect.models.roi_head import TwoFCHead
 from detect.models.svd import compress_box_head, truncate
 from detect.ops import box_iou
-from detect.proposals.cache import ProposalError, image_keys, write_proposals
+from detect.errors import ProposalError
+from detect.proposals.files import image_keys, write_proposals
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -187,8 +189,6 @@ def test_pyramid_inference_and_given_proposals(shapes_with_proposals, monkeypatc
         got = torch.cat([_pyramid_logits(model, image, props)[i:i + 1] for i in (0, 2)])
         torch.testing.assert_close(got, pooled_levels, atol=1e-5, rtol=1e-4)
         # classified one RoI at a time (RoIHead.predict's chunks), each back in its row
-        import detect.models.roi_head as roi_head
-
         many = torch.cat([props, props + 2.0, props * 0.9])  # several RoIs at each scale
         area = (many[:, 2] - many[:, 0]) * (many[:, 3] - many[:, 1])
         level = (area[:, None] * torch.tensor([0.25, 1.0, 4.0]) - 32 ** 2).abs().argmin(1)
@@ -200,7 +200,7 @@ def test_pyramid_inference_and_given_proposals(shapes_with_proposals, monkeypatc
                                                      align_corners=False)[0] if scale != 1.0 else image
             features = single.backbone(single.batcher([scaled])[0])
             expected.append(single.roi_head.predict(features, [roi[None] * scale])[0])
-        monkeypatch.setattr(roi_head, "PREDICT_CHUNK_BYTES", 1)
+        monkeypatch.setattr(model.roi_head, "predict_chunk_bytes", 1)
         torch.testing.assert_close(_pyramid_logits(model, image, many), torch.cat(expected), atol=1e-5, rtol=1e-4)
 
 
@@ -212,7 +212,7 @@ def test_cpu_inference_runs_a_batch_image_by_image(shapes_with_proposals):
     props = [torch.tensor([[0, 0, 96, 64], [10, 10, 40, 40]], dtype=torch.float32),
              torch.tensor([[2, 2, 30, 30], [5, 5, 48, 40], [0, 0, 10, 10]], dtype=torch.float32)]
     with torch.no_grad():
-        batch = model(images, proposals=props)
+        batch = run_model(model, images, props)
         alone = [model([im], proposals=[p])[0] for im, p in zip(images, props)]
     for a, b in zip(batch, alone):
         assert len(a["boxes"]) > 0 and all(torch.equal(a[k], b[k]) for k in ("boxes", "scores", "labels"))

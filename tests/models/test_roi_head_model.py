@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from detect.config import load_config
+from detect.engine.runtime import run_model
 from detect.models import build_model
 from detect.models.roi_head import BoxPredictor, RoIHead, TwoFCHead
 from detect.ops import BalancedSampler, BoxCoder, Matcher, RoIPooler
@@ -77,7 +78,8 @@ def test_inference_contract():
 
 
 def test_cpu_inference_runs_a_batch_image_by_image(monkeypatch):
-    # a batch pads the 50x40 image to 64x80 (its border features change); on the CPU each image runs alone
+    # a batch pads the 50x40 image to 64x80 (its border features change): the model runs it as one
+    # batch on every device, and the inference runtime runs each image alone on the CPU
     torch.manual_seed(0)
     model = build_model(tiny_cfg("model.roi_head.score_thresh=0.0")).eval()
     images = [torch.rand(3, 64, 80), torch.rand(3, 50, 40)]
@@ -85,9 +87,11 @@ def test_cpu_inference_runs_a_batch_image_by_image(monkeypatch):
     original = model.backbone.forward
     monkeypatch.setattr(model.backbone, "forward", lambda x: shapes.append(tuple(x.shape)) or original(x))
     with torch.no_grad():
-        batch = model(images)
+        model(images)
+        assert shapes == [(2, 3, 64, 80)]
+        batch = run_model(model, images)
         alone = [model([im])[0] for im in images]
-    assert shapes[:2] == [(1, 3, 64, 80), (1, 3, 64, 48)]  # padded to multiples of 16, each on its own
+    assert shapes[1:3] == [(1, 3, 64, 80), (1, 3, 64, 48)]  # padded to multiples of 16, each on its own
     for a, b in zip(batch, alone):
         assert len(a["boxes"]) > 0 and all(torch.equal(a[k], b[k]) for k in ("boxes", "scores", "labels"))
 
@@ -129,9 +133,7 @@ def test_build_needs_classes():
         build_model(load_config(None, ["model.backbone.name=tiny"]))
 
 
-def test_chunked_inference_equals_one_pass(monkeypatch):
-    import detect.models.roi_head as roi_head
-
+def test_chunked_inference_equals_one_pass():
     torch.manual_seed(0)
     model = build_model(tiny_cfg("model.backbone.fpn=true", "model.rpn.anchor_sizes=[]",
                                  "model.roi_head.pooler=align")).eval()
@@ -143,7 +145,7 @@ def test_chunked_inference_equals_one_pass(monkeypatch):
         whole = model.roi_head.predict(features, rois)
         h, w = model.roi_head.pooler.output_size
         per_roi = features[0].shape[1] * h * w * 4
-        monkeypatch.setattr(roi_head, "PREDICT_CHUNK_BYTES", 2 * per_roi)  # chunks of 2 RoIs
+        model.roi_head.predict_chunk_bytes = 2 * per_roi  # chunks of 2 RoIs
         chunked = model.roi_head.predict(features, rois)
     assert chunked[0].shape == (5, 3)
     torch.testing.assert_close(chunked[0], whole[0], rtol=1e-5, atol=1e-6)

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from detect.proposals import selective_search
-from detect.proposals.cache import (ProposalError, compute_proposals, image_keys, load_proposals,
-                                    proposals_for_records, search_settings, write_proposals)
+from detect.errors import ProposalError
+from detect.proposals.cache import compute_proposals, search_settings
+from detect.proposals.files import image_keys, load_proposals, proposals_for_records, write_proposals
 from detect.proposals.recall import best_overlaps, evaluate_proposal_recall, format_recall
 
 
@@ -143,7 +144,7 @@ def test_image_keys_are_relative_to_the_common_folder(tmp_path):
 def test_json_keyed_by_file_name_attaches_and_other_settings_are_named(shapes_with_proposals, tmp_path, caplog):
     from detect.config import load_config
     from detect.data.build import build_dataset
-    from detect.proposals.cache import attach_proposals
+    from detect.proposals.attach import attach_proposals
 
     data = shapes_with_proposals
     train = json.loads((data / "train.json").read_text())

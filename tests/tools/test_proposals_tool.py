@@ -3,7 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from detect.proposals.cache import load_proposals
+from detect.proposals.files import load_proposals
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,121 @@
+"""The two-stage detector every stage of the family shares: named phases, one ``forward``.
+
+    images -> preprocess (normalise, pad) -> backbone -> proposer -> RoI head -> postprocess
+
+The proposer is a module with one contract, ``proposer(features, image_sizes, targets=None,
+images=None, proposals=None) -> (proposals, losses)``: the RPN (Faster R-CNN) makes proposals from
+the features and has losses; :class:`~detect.models.external_proposals.ExternalProposals` (Fast
+R-CNN) takes them from the argument, the training targets or selective search on the images, and has
+none. Faster and Fast R-CNN differ in that module alone.
+
+The model takes a list of ``3xHxW`` float images in ``[0, 1]`` (any sizes; it normalises and pads them
+into one batch but never resizes) and, when training, a list of targets with ``boxes`` (xyxy pixels),
+``labels`` (1..C) and optionally ``ignore``. It returns the losses when training and, at inference,
+one dict per image with ``boxes``, ``scores`` and ``labels`` in that image's pixels.
+
+The forward is the same on every device and contains no speed policy: the CPU choices (one image at
+a time, NNPACK convolutions, RoIs classified in chunks) are applied from outside by the inference
+runtime (``detect.engine.runtime``). Each phase runs inside a ``torch.profiler.record_function``
+range named ``detect.<phase>``, so a profile shows them; the stage benchmark times the phase modules
+with hooks around this same forward.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torch.profiler import record_function
+
+from detect.models.backbones import Backbone
+from detect.models.roi_head import RoIHead
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImageBatcher(nn.Module):
+    """Normalise images with the backbone's pixel statistics and pad them into one tensor whose
+    sides are multiples of ``size_divisibility`` (padding is zero after normalisation: the mean colour)."""
+
+    def __init__(self, size_divisibility: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+        super().__init__()
+        self.size_divisibility = size_divisibility
+        self.register_buffer("mean", torch.tensor(mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(3, 1, 1), persistent=False)
+
+    @property
+    def proposer(self) -> nn.Module:
+        try:
+            return self._modules[self.proposer_attr]
+        except KeyError:  # AttributeError: what hasattr (and nn.Module.add_module) expect before it is set
+            raise AttributeError("proposer") from None
+
+    def forward(self, images: List[torch.Tensor]) -> Tuple[torch.Tensor, List[Tuple[int, int]]]:
+        for i, im in enumerate(images):
+            if im.dim() != 3 or im.shape[0] != 3:
+                raise ValueError(f"image {i}: expected a 3xHxW tensor, got shape {tuple(im.shape)}")
+        sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
+        d = self.size_divisibility
+        h = -(-max(s[0] for s in sizes) // d) * d
+        w = -(-max(s[1] for s in sizes) // d) * d
+        batch = images[0].new_zeros((len(images), 3, h, w))
+        for im, b in zip(images, batch):
+            b[:, : im.shape[1], : im.shape[2]].copy_((im - self.mean) / self.std)
+        return batch, sizes
+
+
+class TwoStageDetector(nn.Module):
+    """Backbone, proposer and RoI head composed in the phases of the module docstring.
+
+    Args:
+        backbone: the shared backbone (``detect.models.backbones``).
+        proposer: a module with the proposer contract (module docstring).
+        roi_head: :class:`~detect.models.roi_head.RoIHead`.
+        class_names: the ``C`` class names, label ``i`` is ``class_names[i - 1]``.
+    """
+
+    # the attribute, and state-dict prefix, the proposer is registered under (Faster R-CNN: "rpn",
+    # as its checkpoints have always named it)
+    proposer_attr = "proposer"
+
+    def __init__(self, backbone: Backbone, proposer: nn.Module, roi_head: RoIHead, class_names: Sequence[str]):
+        super().__init__()
+        # padded to the largest stride of the conv stages (FPN's extra max-pooled level takes any
+        # size, as in torchvision): 480 rows stay 480 at stride 32 instead of 512 at 64
+        self.batcher = ImageBatcher(max(backbone.roi_strides))
+        self.backbone = backbone
+        self.add_module(self.proposer_attr, proposer)
+        self.roi_head = roi_head
+        self.class_names = list(class_names)
+
+    @property
+    def proposer(self) -> nn.Module:
+        try:
+            return self._modules[self.proposer_attr]
+        except KeyError:  # AttributeError: what hasattr (and nn.Module.add_module) expect before it is set
+            raise AttributeError("proposer") from None
+
+    def forward(self, images: List[torch.Tensor], targets: Optional[List[Dict[str, torch.Tensor]]] = None,
+                proposals: Optional[List[torch.Tensor]] = None):
+        if self.training and targets is None:
+            raise ValueError(f"{type(self).__name__} in training mode needs targets (call model.eval() for inference)")
+        with record_function("detect.preprocess"):
+            batch, sizes = self.batcher(images)
+        with record_function("detect.backbone"):
+            features = self.backbone(batch)
+        with record_function("detect.proposer"):
+            rois, proposer_losses = self.proposer(features, sizes, targets=targets if self.training else None,
+                                                  images=images, proposals=proposals)
+        if self.training:
+            with record_function("detect.roi_head"):
+                return {**proposer_losses, **self.roi_head(features, rois, sizes, targets)}
+        with record_function("detect.roi_head"):
+            class_logits, box_deltas = self.roi_head.predict(features, rois)
+        with record_function("detect.postprocess"):
+            return self.postprocess(class_logits, box_deltas, rois, sizes)
+
+    def postprocess(self, class_logits: torch.Tensor, box_deltas: torch.Tensor, rois: List[torch.Tensor],
+                    image_sizes: Sequence[Tuple[int, int]]) -> List[Dict[str, torch.Tensor]]:
+        """Detections per image from the RoI head's outputs: decode, clip, score floor, per-class NMS."""
+        return self.roi_head.postprocess(class_logits, box_deltas, rois, image_sizes)
