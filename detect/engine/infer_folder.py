@@ -31,6 +31,7 @@ from detect.data.collate import collate_detection
 from detect.data.dataset import DatasetError
 from detect.data.folder import ImageFolder, list_images
 from detect.data.image_io import is_image_file
+from detect.data.workers import die_with_parent
 from detect.engine.predictor import Predictor
 from detect.ops.boxes import xyxy_to_xywh
 from detect.utils.files import write_text_atomic
@@ -115,7 +116,8 @@ def run_folder(predictor: Predictor, input_path: str, output: Path, batch_size: 
     start = time.perf_counter()
     if todo:
         dataset = ImageFolder(root, transform=_DisplayTransform(predictor, save_images), paths=[files[i] for i in todo])
-        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_detection)
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_detection,
+                            worker_init_fn=die_with_parent)
         bar = tqdm(total=len(todo), desc="infer", unit="img", disable=not progress, dynamic_ncols=True)
         for images, infos in loader:
             ok = [k for k, im in enumerate(images) if im is not None]

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from detect.data.collate import collate_detection
 from detect.data.image_io import ImageReadError
 from detect.data.transforms import boxes_to_original
+from detect.data.workers import die_with_parent
 from detect.engine.runtime import prepare_for_inference, run_model, timed_calls
 from detect.models.external_proposals import ExternalProposals
 from detect.ops.boxes import clip_boxes_np
@@ -59,7 +60,8 @@ def predict_dataset(model: torch.nn.Module, dataset, device: torch.device, batch
     has ``records`` (a :class:`detect.data.dataset.DetectionDataset`).
     """
     loader = DataLoader(ReadableItems(dataset), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_detection, persistent_workers=False)
+                        collate_fn=collate_detection, persistent_workers=False,
+                        worker_init_fn=die_with_parent)
     was_training = model.training
     prepare_for_inference(model.eval(), device)
     proposer = getattr(model, "proposer", None)

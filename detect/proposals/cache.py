@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from detect.data.workers import die_with_parent
 from detect.errors import ProposalError
 from detect.proposals.files import FORMAT, image_keys, load_proposals, write_proposals
 from detect.utils.files import write_text_atomic
@@ -162,6 +163,7 @@ def _pool(workers: int):
 def _init_worker() -> None:
     import cv2
     cv2.setNumThreads(1)  # one process per core; OpenCV's own threads would oversubscribe
+    die_with_parent()  # a killed run leaves no searching workers behind
 
 
 def _search_one(job) -> Tuple[int, Optional[np.ndarray], str]:

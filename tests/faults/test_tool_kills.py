@@ -2,6 +2,9 @@
 end with exactly what an uninterrupted run writes."""
 import json
 import signal
+import time
+from pathlib import Path
+from typing import List
 
 import numpy as np
 import pytest
@@ -37,6 +40,28 @@ def folder_and_checkpoint(tmp_path_factory):
     return data, folder, run / "model_final.pth"
 
 
+def processes_mentioning(text: str) -> List[int]:
+    """Pids of the live processes whose command line contains ``text`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmd:
+                found.append(int(entry.name))
+    return found
+
+
+def no_survivors(text: str, seconds: float = 10.0) -> List[int]:
+    """Wait up to ``seconds`` for every process mentioning ``text`` to end; the ones left."""
+    deadline = time.monotonic() + seconds
+    while processes_mentioning(text) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return processes_mentioning(text)
+
+
 def infer_args(checkpoint, folder, out, skip):
     return ["tools/infer.py", "--checkpoint", checkpoint, "--input", folder, "--output", out, "--workers", "2",
             "--batch-size", "2", *(["--skip-existing"] if skip else [])]
@@ -53,6 +78,8 @@ def test_infer_killed_twice_then_finished_writes_the_same_detections(folder_and_
         code, out = launch(kill, infer_args(checkpoint, folder, cut, i > 0), tmp_path / f"cut{i}.log")
         assert code == -signal.SIGKILL, out[-3000:]
         assert not (cut / "detections.json").exists()
+        # its two DataLoader workers end with it (they used to sleep for good on a full pipe)
+        assert no_survivors(str(cut)) == []
     assert len(list((cut / ".results").rglob("*.json"))) == 5
     code, out = launch("none", infer_args(checkpoint, folder, cut, True), tmp_path / "last.log")
     assert code == 0, out[-3000:]
