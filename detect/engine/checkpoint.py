@@ -4,10 +4,14 @@ A checkpoint is a dict of tensors and plain Python values only, so ``torch.load(
 weights_only=True)`` can read it: a checkpoint file cannot execute anything when loaded. It is
 written to a temporary file in the same folder, flushed to disk, then renamed over the target, so
 a run killed at any moment leaves either the old file or the new one, never half of one.
+
+Here too: the check that a checkpoint fits a config, building a model from a checkpoint
+(``load_model``), and starting from another run's weights (``load_transfer_weights``).
 """
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import random
 from pathlib import Path
@@ -19,6 +23,8 @@ import torch
 import detect
 from detect.errors import CheckpointError
 from detect.utils.files import write_text_atomic
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "detect-checkpoint-v1"
 LAST_CHECKPOINT = "last_checkpoint"
@@ -181,3 +187,18 @@ def load_model(path: Union[str, Path], config: Optional[Union[str, Path]] = None
         raise CheckpointError(f"{path}: weights do not fit the model built from its config "
                               f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     return model.to(device).eval(), cfg
+
+
+def load_transfer_weights(model: torch.nn.Module, path: str) -> Dict[str, List[str]]:
+    """Start from another detection checkpoint: every tensor whose name and shape match is loaded;
+    the rest (the classifier and box layers when the classes differ) keep their fresh initialisation."""
+    state = model_weights(load_checkpoint(path))
+    own = model.state_dict()
+    loaded = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(loaded, strict=False)
+    report = {"loaded": sorted(loaded), "reinitialised": sorted(k for k in own if k not in loaded),
+              "frozen": sorted(n for n, p in model.named_parameters() if not p.requires_grad)}
+    logger.info("transfer from %s: %d tensors loaded, %d re-initialised (%s), %d parameters frozen", path,
+                len(report["loaded"]), len(report["reinitialised"]), ", ".join(report["reinitialised"]) or "none",
+                len(report["frozen"]))
+    return report

@@ -31,22 +31,23 @@ from tqdm import tqdm
 
 from detect.config import Config, save_config
 from detect.data.build import build_dataset
-from detect.proposals.attach import attach_proposals
+from detect.data.collate import collate_detection
 from detect.data.dataset import DatasetError
 from detect.data.image_io import ImageReadError
-from detect.data.collate import collate_detection
 from detect.data.samplers import GroupedBatchSampler, InfiniteSampler, aspect_ratio_groups
 from detect.data.transforms import build_transforms
+from detect.data.workers import die_with_parent
 from detect.engine import distributed as dist
+from detect.engine.checkpoint import (CheckpointError, check_checkpoint_matches, config_differences,
+                                      find_last_checkpoint, load_checkpoint, load_transfer_weights,
+                                      rng_state, save_checkpoint, set_rng_state, write_last_checkpoint)
 from detect.engine.device import resolve_device
 from detect.engine.ema import WeightEMA
-from detect.engine.checkpoint import (CheckpointError, check_checkpoint_matches, config_differences,
-                                      find_last_checkpoint, load_checkpoint, model_weights, rng_state,
-                                      save_checkpoint, set_rng_state, write_last_checkpoint)
 from detect.engine.evaluation import evaluate, format_metrics  # evaluate: also imported from here by scripts
 from detect.models import build_model
-from detect.models.registry import stage_of
 from detect.models.anchor_fit import is_auto, lost_boxes_advice, settle_anchors
+from detect.models.registry import stage_of
+from detect.proposals.attach import attach_proposals
 from detect.utils.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -136,21 +137,6 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimize
     if cfg.train.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(cfg.train.momentum, 0.999))
     return torch.optim.SGD(groups, lr=cfg.train.lr, momentum=cfg.train.momentum)
-
-
-def load_transfer_weights(model: torch.nn.Module, path: str) -> Dict[str, List[str]]:
-    """Start from another detection checkpoint: every tensor whose name and shape match is loaded;
-    the rest (the classifier and box layers when the classes differ) keep their fresh initialisation."""
-    state = model_weights(load_checkpoint(path))
-    own = model.state_dict()
-    loaded = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(loaded, strict=False)
-    report = {"loaded": sorted(loaded), "reinitialised": sorted(k for k in own if k not in loaded),
-              "frozen": sorted(n for n, p in model.named_parameters() if not p.requires_grad)}
-    logger.info("transfer from %s: %d tensors loaded, %d re-initialised (%s), %d parameters frozen", path,
-                len(report["loaded"]), len(report["reinitialised"]), ", ".join(report["reinitialised"]) or "none",
-                len(report["frozen"]))
-    return report
 
 
 def trim_log(log_file: Path, iteration: int, drop_eval_at: Optional[int] = None) -> None:
@@ -315,7 +301,7 @@ class Trainer:
                                 start=self.iteration)
         return DataLoader(SeededItems(self.train_set), batch_sampler=batches, collate_fn=collate_detection,
                           num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
-                          pin_memory=self.device.type == "cuda")
+                          pin_memory=self.device.type == "cuda", worker_init_fn=die_with_parent)
 
     def progress_fraction(self) -> float:
         t = self.cfg.train
