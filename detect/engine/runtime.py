@@ -1,5 +1,5 @@
 """The inference runtime: where the speed choices of running a detector live, so that the models'
-``forward`` stays the same on every device (and can be traced or exported).
+``forward`` stays the same on every device and free of any machine's policy.
 
 ``Predictor``, ``predict_dataset``, the benchmarks and the tools run a model through
 :func:`prepare_for_inference` (once) and :func:`run_model` (per batch). On the CPU they apply:

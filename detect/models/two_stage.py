@@ -16,8 +16,8 @@ one dict per image with ``boxes``, ``scores`` and ``labels`` in that image's pix
 The forward is the same on every device and contains no speed policy: the CPU choices (one image at
 a time, NNPACK convolutions, RoIs classified in chunks) are applied from outside by the inference
 runtime (``detect.engine.runtime``). Each phase runs inside a ``torch.profiler.record_function``
-range named ``detect.<phase>``, so a profile shows them; the stage benchmark times the phase modules
-with hooks around this same forward.
+range named ``detect.<phase>``, so a profile shows them; the stage benchmark times the proposer and
+the postprocess by wrapping them from outside around this same forward.
 """
 from __future__ import annotations
 
@@ -43,13 +43,6 @@ class ImageBatcher(nn.Module):
         self.size_divisibility = size_divisibility
         self.register_buffer("mean", torch.tensor(mean).view(3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(3, 1, 1), persistent=False)
-
-    @property
-    def proposer(self) -> nn.Module:
-        try:
-            return self._modules[self.proposer_attr]
-        except KeyError:  # AttributeError: what hasattr (and nn.Module.add_module) expect before it is set
-            raise AttributeError("proposer") from None
 
     def forward(self, images: List[torch.Tensor]) -> Tuple[torch.Tensor, List[Tuple[int, int]]]:
         for i, im in enumerate(images):
