@@ -1,7 +1,6 @@
 """Proposals given from outside the network (Fast R-CNN, R-CNN): computed when missing, then cleaned."""
 from __future__ import annotations
 
-import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -9,21 +8,6 @@ import torch
 from torch import nn
 
 from detect.ops import clip_boxes, nonempty_boxes
-
-
-@torch.no_grad()
-def search_images(images: Sequence[torch.Tensor], mode: str, seed: int,
-                  max_side: Optional[int]) -> Tuple[List[torch.Tensor], float]:
-    """Selective search on each ``3xHxW`` image in [0, 1] as passed; ``(P, 4)`` boxes each, and seconds."""
-    from detect.proposals import selective_search
-
-    start = time.perf_counter()
-    out = []
-    for im in images:
-        rgb = (im.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-        out.append(torch.from_numpy(selective_search(np.ascontiguousarray(rgb), mode=mode, seed=seed,
-                                                     max_side=max_side)))
-    return out, time.perf_counter() - start
 
 
 def prepare_proposals(proposals: Sequence[torch.Tensor], sizes: Sequence[Tuple[int, int]], device,
@@ -62,9 +46,18 @@ class ExternalProposals(nn.Module):
         self.seed = seed
         self.topk = (topk_train, topk_test)
 
+    @torch.no_grad()
     def search(self, images: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-        """Selective search with this proposer's settings on ``3xHxW`` images in [0, 1]."""
-        return search_images(images, self.mode, self.seed, self.max_side)[0]
+        """Selective search with this proposer's settings on ``3xHxW`` images in [0, 1] as passed:
+        ``(P, 4)`` boxes each, best first. (Callers time it from outside: ``timed_calls``.)"""
+        from detect.proposals import selective_search
+
+        out = []
+        for im in images:
+            rgb = (im.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+            out.append(torch.from_numpy(selective_search(np.ascontiguousarray(rgb), mode=self.mode, seed=self.seed,
+                                                         max_side=self.max_side)))
+        return out
 
     def forward(self, features, image_sizes: Sequence[Tuple[int, int]],
                 targets: Optional[List[Dict[str, torch.Tensor]]] = None, images: Optional[List[torch.Tensor]] = None,
