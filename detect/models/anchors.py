@@ -50,11 +50,16 @@ class AnchorGenerator(nn.Module):
 
     def forward(self, feature_sizes: Sequence[Tuple[int, int]], device: torch.device) -> List[torch.Tensor]:
         """Anchors per level, ``(H_l * W_l * A, 4)`` xyxy, ordered (y, x, anchor) as the head's outputs."""
+        if torch.compiler.is_compiling():  # symbolic sizes under torch.export: the graph makes the grid
+            return self._grids(feature_sizes, device)
         key = (tuple(feature_sizes), str(device))
         if key not in self._cache:
-            self._cache[key] = [self._grid(size, stride, cell.to(device))
-                                for size, stride, cell in zip(feature_sizes, self.strides, self.cells)]
+            self._cache[key] = self._grids(feature_sizes, device)
         return self._cache[key]
+
+    def _grids(self, feature_sizes: Sequence[Tuple[int, int]], device: torch.device) -> List[torch.Tensor]:
+        return [self._grid(size, stride, cell.to(device))
+                for size, stride, cell in zip(feature_sizes, self.strides, self.cells)]
 
     @staticmethod
     def _grid(size: Tuple[int, int], stride: int, cell: torch.Tensor) -> torch.Tensor:

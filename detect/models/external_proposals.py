@@ -19,9 +19,10 @@ def prepare_proposals(proposals: Sequence[torch.Tensor], sizes: Sequence[Tuple[i
         props = torch.as_tensor(props, dtype=torch.float32, device=device).reshape(-1, 4)[:topk]
         props = clip_boxes(props, (h, w))
         props = props[nonempty_boxes(props)]
-        if props.numel() == 0:
-            props = torch.tensor([[0.0, 0.0, float(w), float(h)]], device=device)
-        out.append(props)
+        # the whole image after the proposals, kept only when there are none: no branch on their
+        # number, which an exported graph knows only when it runs
+        whole = clip_boxes(props.new_tensor([[0.0, 0.0, 1e9, 1e9]]), (h, w))
+        out.append(torch.cat([props, whole])[: torch.sym_max(props.shape[0], 1)])
     return out
 
 

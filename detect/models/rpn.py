@@ -102,7 +102,7 @@ class RPN(nn.Module):
         # Top-k per level over the whole batch at once, then decode only those anchors.
         scores, boxes, levels = [], [], []
         for level, (a, lg, d) in enumerate(zip(anchors, logits, deltas)):
-            k = min(pre_k, lg.shape[1])
+            k = torch.sym_min(pre_k, lg.shape[1])  # symbolic under torch.export: no guard on the size
             top_scores, idx = lg.float().topk(k, dim=1)
             sel_deltas = torch.gather(d, 1, idx[..., None].expand(-1, -1, 4))
             sel_boxes = self.box_coder.decode(sel_deltas.reshape(-1, 4).float(), a[idx.reshape(-1)])

@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
@@ -48,14 +49,17 @@ class ImageBatcher(nn.Module):
         for i, im in enumerate(images):
             if im.dim() != 3 or im.shape[0] != 3:
                 raise ValueError(f"image {i}: expected a 3xHxW tensor, got shape {tuple(im.shape)}")
-        sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
+        # the sizes stay symbolic under torch.export (an int() would fix the exported graph to one size)
+        sizes = [(im.shape[1], im.shape[2]) for im in images]
         d = self.size_divisibility
-        h = -(-max(s[0] for s in sizes) // d) * d
-        w = -(-max(s[1] for s in sizes) // d) * d
-        batch = images[0].new_zeros((len(images), 3, h, w))
-        for im, b in zip(images, batch):
-            b[:, : im.shape[1], : im.shape[2]].copy_((im - self.mean) / self.std)
-        return batch, sizes
+        # (x + d - 1) // d rounds up on positive sizes alone: ONNX divides integers towards zero, so
+        # the exported -(-x // d) would round down
+        h = (max(s[0] for s in sizes) + d - 1) // d * d
+        w = (max(s[1] for s in sizes) + d - 1) // d * d
+        # F.pad by (h - height): under torch.export a zero amount is as valid as any other (copying into
+        # a slice of a zero batch made the graph assume the image was never a multiple of d)
+        padded = [F.pad((im - self.mean) / self.std, (0, w - im.shape[2], 0, h - im.shape[1])) for im in images]
+        return torch.stack(padded) if len(padded) > 1 else padded[0][None], sizes
 
 
 class TwoStageDetector(nn.Module):

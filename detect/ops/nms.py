@@ -4,7 +4,9 @@ On CUDA they are ``torchvision.ops.nms`` / ``batched_nms``. On CPU they run the 
 :mod:`detect.ops._kernels`, which keeps exactly the boxes torchvision keeps (same IoU arithmetic; a
 test holds them equal) but compares each box only with the boxes already kept and stops at
 ``max_keep``: the RPN asks for its 300 (or 1000) best proposals out of ~3000 candidates, the
-detector for its 100 best detections, and torchvision would finish the whole list first.
+detector for its 100 best detections, and torchvision would finish the whole list first. Inside
+torch.export (``tools/export.py``) they are torchvision's on every device, so the exported graph holds
+the op ONNX knows.
 """
 from __future__ import annotations
 
@@ -14,6 +16,25 @@ import torch
 import torchvision
 
 from detect.ops._kernels import greedy_nms
+
+
+def _library_path(boxes: torch.Tensor) -> bool:
+    """True where torchvision's kernel runs: off the CPU, and inside torch.export / torch.compile (whose
+    fake tensors have no numpy arrays for the compiled kernel, and whose graph must hold the library
+    op that ONNX knows as NonMaxSuppression)."""
+    return boxes.device.type != "cpu" or torch.compiler.is_compiling()
+
+
+def _traceable_batched_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
+                           iou_threshold: float) -> torch.Tensor:
+    """torchvision's coordinate trick (boxes of each label shifted apart, one NMS) without the branches
+    on the number of boxes that torchvision takes there: under export that number is only known when
+    the graph runs."""
+    boxes = boxes.float()
+    # the zero keeps max() defined on an empty set of boxes
+    span = torch.cat([boxes.flatten(), boxes.new_zeros(1)]).max() + 1
+    shifted = boxes + (labels.to(boxes) * span)[:, None]
+    return torchvision.ops.nms(shifted, scores.float(), iou_threshold)
 
 
 def _greedy(boxes: torch.Tensor, scores: torch.Tensor, labels: Optional[torch.Tensor], iou_threshold: float,
@@ -32,7 +53,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float,
         max_keep: Optional[int] = None) -> torch.Tensor:
     """Class-agnostic NMS. ``boxes (N, 4)`` xyxy, ``scores (N,)``; returns the kept indices by
     decreasing score, at most ``max_keep`` (all by default)."""
-    if boxes.device.type != "cpu":
+    if _library_path(boxes):
         return torchvision.ops.nms(boxes.float(), scores.float(), iou_threshold)[:max_keep]
     return _greedy(boxes, scores, None, iou_threshold, max_keep)
 
@@ -45,6 +66,8 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
     decreasing score, at most ``max_keep`` (all by default). (For RPN proposals the "label" is the
     feature level: NMS per level.)
     """
-    if boxes.device.type != "cpu":
+    if torch.compiler.is_compiling():
+        return _traceable_batched_nms(boxes, scores, labels, iou_threshold)[:max_keep]
+    if _library_path(boxes):
         return torchvision.ops.batched_nms(boxes.float(), scores.float(), labels, iou_threshold)[:max_keep]
     return _greedy(boxes, scores, labels, iou_threshold, max_keep)

@@ -22,8 +22,10 @@ POOL_MODES = ("pool", "align")
 
 
 def _cpu_float32(features: List[torch.Tensor]) -> bool:
-    """True where the compiled CPU kernels apply: float32 maps on the CPU."""
-    return all(f.device.type == "cpu" and f.dtype == torch.float32 for f in features)
+    """True where the compiled CPU kernels apply: float32 maps on the CPU, outside torch.export /
+    torch.compile (whose graph must hold torchvision's op, the one ONNX knows as RoiAlign)."""
+    return not torch.compiler.is_compiling() and all(f.device.type == "cpu" and f.dtype == torch.float32
+                                                     for f in features)
 
 
 def _wants_grad(features: List[torch.Tensor]) -> bool:
@@ -124,7 +126,7 @@ class RoIPooler(nn.Module):
         out = features[0].new_empty((rois.shape[0], features[0].shape[1]) + self.output_size)  # every RoI has a level
         for level, (feature, stride) in enumerate(zip(features, self.strides)):
             idx = torch.arange(rois.shape[0]) if levels is None else torch.nonzero(levels == level).flatten()
-            if idx.numel() == 0:
+            if not torch.compiler.is_compiling() and idx.numel() == 0:  # exported: known only when run
                 continue
             if fast:
                 _roi_align_cpu(feature, rois[idx], idx, out, stride, self.sampling_ratio)
