@@ -13,6 +13,8 @@ def read_version() -> str:
     raise RuntimeError("detect/__init__.py has no __version__")
 
 
+DEPLOY = ["onnx>=1.17,<2", "onnxruntime>=1.20,<2", "onnxscript>=0.3,<1"]
+
 setup(
     name="detect",
     version=read_version(),
@@ -24,8 +26,9 @@ setup(
     packages=find_packages(include=["detect", "detect.*"]),
     include_package_data=True,
     install_requires=[
-        "torch>=2.1,<3",
-        "torchvision>=0.16,<1",
+        # 2.3: torch.compiler.is_compiling, which the ops read to take torchvision's kernels under export
+        "torch>=2.3,<3",
+        "torchvision>=0.18,<1",
         "numpy>=1.23,<3",
         # albumentations depends on the headless build; a second OpenCV build in the same
         # environment would overwrite its files, so only the headless one is ever named here.
@@ -40,7 +43,11 @@ setup(
         "numba>=0.59",
     ],
     extras_require={
-        "dev": ["pytest>=7.4,<10", "pytest-timeout>=2.1,<3", "hypothesis>=6.100,<7"],
+        # tools/export.py (PyTorch's dynamo=True exporter writes through onnxscript) and .onnx models
+        # in every tool (ONNX Runtime); export itself needs torch>=2.6
+        "deploy": DEPLOY,
+        # the tests exercise the export and the ONNX Runtime backend too
+        "dev": ["pytest>=7.4,<10", "pytest-timeout>=2.1,<3", "hypothesis>=6.100,<7", *DEPLOY],
         "fast-eval": ["faster-coco-eval>=1.6,<2"],
     },
     classifiers=[

@@ -155,10 +155,17 @@ def load_model(path: Union[str, Path], config: Optional[Union[str, Path]] = None
     """A model ready for inference from a checkpoint alone: its config and class names are inside.
 
     ``config`` (a file) replaces the stored config; ``overrides`` apply on top either way (e.g. a test
-    set's path). Returns ``(model, cfg)``; the model is in eval mode on ``device``.
+    set's path). Returns ``(model, cfg)``; the model is in eval mode on ``device``. An ``.onnx`` file
+    (from ``tools/export.py``) gives an :class:`~detect.engine.onnx_model.OnnxDetector` that ONNX
+    Runtime runs on the CPU, with the config stored in the file.
     """
     from detect.config import apply_overrides, config_from_dict, load_config
     from detect.models import build_model
+
+    if str(path).lower().endswith(".onnx"):
+        from detect.engine.onnx_model import load_onnx  # onnxruntime is an extra: imported when asked for
+
+        return load_onnx(path, config, overrides)
 
     state = load_checkpoint(path)
     if config is not None:
