@@ -16,6 +16,7 @@ detector (pytorch#31316), and an int8 PyTorch graph would still need its own run
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
@@ -60,10 +61,15 @@ def quantize_onnx(fp32_path: Union[str, Path], output: Union[str, Path], images:
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
+    images = iter(images)
+    first = next(images, None)
+    if first is None:  # checked here: ONNX Runtime's own error ("No data is collected") names nothing
+        raise DatasetError(f"{source}: no readable calibration image; int8 calibration needs at least one")
+
     class Reader(CalibrationDataReader):
         def __init__(self):
             self.count = 0
-            self.images = iter(images)
+            self.images = itertools.chain([first], images)
 
         def get_next(self):
             image = next(self.images, None)
@@ -82,9 +88,6 @@ def quantize_onnx(fp32_path: Union[str, Path], output: Union[str, Path], images:
                         op_types_to_quantize=list(QUANTIZED_OPS), per_channel=per_channel,
                         reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax)
-    if reader.count == 0:
-        tmp.unlink(missing_ok=True)
-        raise DatasetError(f"{source}: no readable calibration image; int8 calibration needs at least one")
     tmp.replace(output)
     return {"path": str(output), "bytes": output.stat().st_size, "calibration_images": reader.count,
             "quantized_ops": list(QUANTIZED_OPS), "reduce_range": reduce_range}

@@ -1,0 +1,227 @@
+"""ONNX export, the ONNX Runtime backend and int8 (tools/export.py) on a tiny trained detector."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from detect.config import load_config
+from detect.data.image_io import read_image
+from detect.engine.checkpoint import load_model
+from detect.engine.evaluation import evaluate
+from detect.engine.export import check_exportable, export_onnx
+from detect.engine.predictor import Predictor
+from detect.engine.quantize import calibration_images, quantize_onnx
+from detect.engine.trainer import train
+from detect.errors import CheckpointError, DatasetError
+from detect.models import build_model
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, shapes_dir):
+    """A tiny Faster R-CNN trained a little on the shapes (distinct scores, so detections have an
+    order), its checkpoint and its export."""
+    out = tmp_path_factory.mktemp("run")
+    cfg = load_config("configs/faster_rcnn/shapes.yaml", [
+        f"data.train.ann_file={shapes_dir}/train.json", f"data.train.img_dir={shapes_dir}/images",
+        f"data.test.ann_file={shapes_dir}/test.json", f"data.test.img_dir={shapes_dir}/images",
+        "train.max_iter=40", "train.eval_period=0", "train.checkpoint_period=0", "data.num_workers=0",
+        "model.roi_head.fc_dim=64", "input.min_size=96", "input.min_size_test=128", "input.max_size=192",
+        "device=cpu"])
+    train(cfg, out, progress=False)
+    ckpt = out / "model_final.pth"
+    model, cfg = load_model(ckpt)
+    summary = export_onnx(model, cfg, out / "model.onnx")
+    return {"checkpoint": ckpt, "onnx": out / "model.onnx", "summary": summary, "data": shapes_dir}
+
+
+def _detections(model, image):
+    with torch.no_grad():
+        return model([image])[0]
+
+
+@pytest.mark.parametrize("size", [(128, 128), (128, 171), (97, 130), (161, 97), (256, 320)])
+def test_onnx_runtime_gives_pytorchs_detections_at_any_size(trained, size):
+    torch_model, _ = load_model(trained["checkpoint"])
+    onnx_model, _ = load_model(trained["onnx"])
+    path = sorted((trained["data"] / "images" / "test").iterdir())[0]
+    image = cv2.resize(read_image(path), size[::-1], interpolation=cv2.INTER_LINEAR)
+    tensor = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+    ref, got = _detections(torch_model, tensor), _detections(onnx_model, tensor)
+    assert len(ref["scores"]) > 0
+    assert len(got["scores"]) == len(ref["scores"])
+    np.testing.assert_allclose(got["boxes"].numpy(), ref["boxes"].numpy(), atol=0.01)
+    np.testing.assert_allclose(got["scores"].numpy(), ref["scores"].numpy(), atol=1e-4)
+    assert torch.equal(got["labels"], ref["labels"])
+
+
+def test_the_file_carries_what_inference_needs(trained):
+    meta = {p.key: p.value for p in onnx.load(str(trained["onnx"])).metadata_props}
+    assert meta["detect.format"] == "detect-onnx/1"
+    assert meta["detect.model_type"] == "faster_rcnn"
+    assert json.loads(meta["detect.class_names"]) == ["rectangle", "ellipse", "triangle"]
+    assert json.loads(meta["detect.config"])["input"]["min_size_test"] == 128
+    io = json.loads(meta["detect.io"])
+    assert io["image"]["shape"] == ["1", "3", "H", "W"] and io["image"]["range"] == [0, 1]
+    assert int(meta["detect.min_side"]) == trained["summary"]["min_side"] > 1
+    graph = onnx.load(str(trained["onnx"])).graph
+    assert {"NonMaxSuppression", "MaxRoiPool"} <= {n.op_type for n in graph.node}  # in the graph, not in Python
+    dims = graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_value == 1 and dims[2].dim_param and dims[3].dim_param  # height and width are dynamic
+
+
+def test_evaluation_and_predictor_give_the_same_results(trained, tmp_path):
+    torch_model, cfg = load_model(trained["checkpoint"])
+    onnx_model, onnx_cfg = load_model(trained["onnx"])
+    a = evaluate(torch_model, cfg, torch.device("cpu"), progress=False)
+    b = evaluate(onnx_model, onnx_cfg, torch.device("cpu"), progress=False)
+    assert a["coco"]["AP50"] > 0
+    assert b["coco"]["AP"] == pytest.approx(a["coco"]["AP"], abs=1e-4)
+    assert b["coco"]["AP50"] == pytest.approx(a["coco"]["AP50"], abs=1e-4)
+    p = Predictor.from_checkpoint(trained["onnx"], score_thresh=0.5)
+    full = Predictor.from_checkpoint(trained["onnx"])
+    image = read_image(sorted((trained["data"] / "images" / "test").iterdir())[1])
+    high, every = p(image), full(image)
+    assert p.class_names == ["rectangle", "ellipse", "triangle"]
+    np.testing.assert_array_equal(high["scores"], every["scores"][every["scores"] > 0.5])
+
+
+def _run(tool, *args):
+    return subprocess.run([sys.executable, str(REPO / "tools" / tool), *map(str, args)], capture_output=True,
+                          text=True, cwd=REPO, timeout=600, env={**os.environ, "CI": "true"})
+
+
+def test_infer_tool_writes_the_same_detections_with_the_onnx_file(trained, tmp_path):
+    folder = trained["data"] / "images" / "test"
+    runs = {}
+    for kind in ("checkpoint", "onnx"):
+        r = _run("infer.py", "--checkpoint", trained[kind], "--input", folder, "--output", tmp_path / kind,
+                 "--workers", "0", "--no-save-images")
+        assert r.returncode == 0, r.stderr[-2000:]
+        runs[kind] = json.loads((tmp_path / kind / "detections.json").read_text())
+    assert len(runs["onnx"]) == len(runs["checkpoint"]) > 0
+    for a, b in zip(runs["checkpoint"], runs["onnx"]):
+        assert (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
+        np.testing.assert_allclose(b["bbox"], a["bbox"], atol=0.01)
+        assert b["score"] == pytest.approx(a["score"], abs=1e-4)
+
+
+def test_fast_rcnn_exports_with_proposals_as_a_second_input(tmp_path):
+    torch.manual_seed(0)
+    cfg = load_config("configs/fast_rcnn/shapes.yaml", ["data.classes=[a,b,c]", "model.roi_head.score_thresh=0.0"])
+    model = build_model(cfg).eval()
+    export_onnx(model, cfg, tmp_path / "fast.onnx")
+    onnx_model, _ = load_model(tmp_path / "fast.onnx")
+    image = torch.rand(3, 130, 170)
+    proposals = torch.tensor([[10.0, 10, 60, 80], [50, 20, 160, 120], [0, 0, 30, 30], [5, 5, 5, 9]])  # one empty
+    ref = _detections_with(model, image, proposals)
+    got = onnx_model([image], proposals=[proposals])[0]
+    assert len(got["scores"]) == len(ref["scores"]) > 0
+    np.testing.assert_allclose(np.sort(got["scores"].numpy()), np.sort(ref["scores"].numpy()), atol=1e-4)
+    with pytest.raises(CheckpointError, match="proposals"):
+        onnx_model([image])
+
+
+def _detections_with(model, image, proposals):
+    with torch.no_grad():
+        return model([image], proposals=[proposals])[0]
+
+
+def test_int8_model_is_smaller_runs_everywhere_and_keeps_the_metadata(trained, tmp_path):
+    predictor = Predictor.from_checkpoint(trained["onnx"])
+    paths = sorted((trained["data"] / "images" / "train").iterdir())
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    q = quantize_onnx(trained["onnx"], tmp_path / "int8.onnx", calibration_images(predictor, [bad, *paths], 4))
+    assert q["calibration_images"] == 4  # the unreadable file was skipped, not counted
+    model = onnx.load(str(tmp_path / "int8.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") > 5 and "NonMaxSuppression" in ops
+    assert q["bytes"] < 0.5 * trained["onnx"].stat().st_size
+    assert {p.key for p in model.metadata_props} >= {"detect.format", "detect.config", "detect.class_names"}
+    out = Predictor.from_checkpoint(tmp_path / "int8.onnx")(read_image(paths[0]))
+    assert out["boxes"].shape[1] == 4 and out["boxes"].dtype == np.float32
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_rcnn_and_pyramid_fast_rcnn_are_refused_with_what_to_do():
+    with pytest.raises(CheckpointError, match="R-CNN cannot be exported.*Fast R-CNN or Faster R-CNN"):
+        check_exportable(load_config("configs/rcnn/shapes.yaml"))
+    with pytest.raises(CheckpointError, match="pyramid_scales=\\[\\]"):
+        check_exportable(load_config("configs/fast_rcnn/shapes.yaml", ["model.fast_rcnn.pyramid_scales=[0.5,1.0]"]))
+
+
+def _save(model_proto, path, **meta):
+    for key, value in meta.items():
+        model_proto.metadata_props.add(key=key, value=value)
+    onnx.save(model_proto, str(path))
+    return path
+
+
+def test_onnx_files_of_another_origin_or_version_are_refused_by_name(trained, tmp_path):
+    foreign = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])]),
+        opset_imports=[onnx.helper.make_opsetid("", 18)])
+    with pytest.raises(CheckpointError, match=r"other\.onnx: not an ONNX model exported by detect.*producer"):
+        load_model(_save(foreign, tmp_path / "other.onnx", producer="yolo"))
+    old = onnx.load(str(trained["onnx"]))
+    for p in old.metadata_props:
+        if p.key == "detect.format":
+            p.value = "detect-onnx/0"
+    with pytest.raises(CheckpointError, match=r"old\.onnx: exported by detect .* in format detect-onnx/0"):
+        load_model(_save(old, tmp_path / "old.onnx"))
+    (tmp_path / "junk.onnx").write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match=r"junk\.onnx: not a readable ONNX model"):
+        load_model(tmp_path / "junk.onnx")
+
+
+def test_what_the_graph_fixes_cannot_be_overridden(trained):
+    with pytest.raises(CheckpointError, match="score_thresh=0.05.*export again"):
+        load_model(trained["onnx"], overrides=["model.roi_head.score_thresh=0.01"])
+    with pytest.raises(CheckpointError, match="model.rpn is fixed in the exported graph"):
+        load_model(trained["onnx"], overrides=["model.rpn.nms_thresh=0.5"])
+    load_model(trained["onnx"], overrides=["data.test.ann_file=elsewhere.json"])  # data keys are free
+
+
+def test_an_image_below_the_graphs_smallest_side_is_a_clear_error(trained):
+    model, _ = load_model(trained["onnx"])
+    side = trained["summary"]["min_side"]
+    with pytest.raises(ValueError, match=f"at least {side} px per side, got {side - 1}x200"):
+        model([torch.rand(3, side - 1, 200)])
+
+
+def test_without_onnxruntime_the_message_names_the_extra(trained, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    with pytest.raises(CheckpointError, match=r'pip install -e "\.\[deploy\]"'):
+        load_model(trained["onnx"])
+
+
+def test_export_tool_end_to_end_and_its_bad_input(trained, tmp_path):
+    r = _run("export.py", "--checkpoint", trained["checkpoint"], "--output", tmp_path / "m.onnx", "--int8",
+             "--calibration", trained["data"] / "images" / "train", "--calibration-images", "2", "--check-images", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "parity" in r.stdout and "MISMATCH" not in r.stdout
+    assert (tmp_path / "m.onnx").is_file() and (tmp_path / "m.fp32.onnx").is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "a.jpg").write_bytes(b"broken")
+    r = _run("export.py", "--checkpoint", trained["checkpoint"], "--output", tmp_path / "n.onnx", "--int8",
+             "--calibration", empty, "--check-images", "0")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == f"error: {empty}: no readable calibration image; int8 calibration " \
+                                                "needs at least one"
+    assert not (tmp_path / "n.onnx").exists()
+    r = _run("export.py", "--checkpoint", trained["onnx"], "--output", tmp_path / "o.onnx")
+    assert r.returncode == 2 and "already ONNX" in r.stderr
