@@ -6,6 +6,7 @@
       --config configs/faster_rcnn/bccd.yaml --config configs/faster_rcnn/facemask.yaml
   python tools/benchmark.py proposals --config configs/datasets/bccd.yaml --opencv-python /path/to/contrib/venv/bin/python
   python tools/benchmark.py stages --data configs/datasets/bccd.yaml --budget 15 --output-dir runs/stages_bccd
+  python tools/benchmark.py deploy --checkpoint runs/frcnn_bccd/model_final.pth --output-dir runs/deploy_bccd
   python tools/benchmark.py infer --checkpoint runs/frcnn_bccd/model_final.pth --input datasets/BCCD/JPEGImages --limit 72
 """
 from __future__ import annotations
@@ -80,6 +81,17 @@ def cmd_proposals(args) -> int:
     return 0
 
 
+def cmd_deploy(args) -> int:
+    from detect.benchmark.deploy import format_deploy, run_deploy_benchmark
+
+    result = run_deploy_benchmark(args.checkpoint, args.output_dir, args.num_images, args.rounds,
+                                  args.calibration_images, args.overrides)
+    print(format_deploy(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
 def cmd_stages(args) -> int:
     from detect.benchmark.stages import STAGES, format_table, run_stages
     from detect.errors import ConfigError
@@ -136,6 +148,15 @@ def main(argv=None) -> int:
     p.add_argument("--json")
     p.add_argument("overrides", nargs="*", help="key=value for every stage's config")
     p.set_defaults(func=cmd_stages)
+    p = sub.add_parser("deploy", help="PyTorch eager, ONNX Runtime fp32 and int8, torchvision: ms, AP, size")
+    p.add_argument("--checkpoint", required=True, help="a Faster R-CNN checkpoint (.pth)")
+    p.add_argument("--output-dir", default="runs/deploy", help="where the exported models go")
+    p.add_argument("--num-images", type=int, default=20, help="test images timed")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--calibration-images", type=int, default=64)
+    p.add_argument("--json")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_deploy)
     p = sub.add_parser("infer", help="tools/infer.py throughput against the model's forward-only throughput")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--input", required=True, help="image folder (e.g. BCCD's JPEGImages)")

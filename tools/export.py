@@ -78,7 +78,8 @@ def main(argv=None) -> int:
         q = quantize_onnx(fp32, output, calibration_images(onnx_predictor, paths, args.calibration_images),
                           source=source)
         print(f"wrote {output} (int8, {q['bytes'] / 1e6:.1f} MB; {q['calibration_images']} calibration images from "
-              f"{source}; quantized {', '.join(q['quantized_ops'])}, the rest in float"
+              f"{source}; quantized {', '.join(q['quantized_ops'])} except "
+              f"{q['float_depthwise_convs']} depthwise convolutions; the rest in float"
               f"{'; 7-bit weights: no VNNI on this CPU' if q['reduce_range'] else ''})")
     if args.check_images:
         print(parity_report(model, cfg, fp32, args.check_images))

@@ -154,9 +154,10 @@ class RoIHead(nn.Module):
         """Class logits ``(R, C + 1)`` and deltas ``(R, 4 (C + 1))`` of the RoIs (all images, in order).
 
         With ``predict_chunk_bytes`` set and no gradients, the RoIs are pooled and classified image
-        by image in chunks of at most that many bytes of pooled features (same outputs).
+        by image in chunks of at most that many bytes of pooled features (same outputs); not while
+        exporting, where the graph holds one call.
         """
-        if not self.predict_chunk_bytes or torch.is_grad_enabled() or not rois:
+        if not self.predict_chunk_bytes or torch.is_grad_enabled() or not rois or torch.compiler.is_compiling():
             return self.classify(self.pool(features, rois))
         h, w = self.pooler.output_size
         per_roi = features[0].shape[1] * h * w * features[0].element_size()

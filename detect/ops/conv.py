@@ -43,7 +43,9 @@ class Conv3x3(nn.Conv2d):
     """``nn.Conv2d`` that runs through NNPACK at CPU inference on large maps (see the module docstring)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (not torch.is_grad_enabled() and x.dim() == 4 and x.device.type == "cpu" and x.dtype == torch.float32
+        # while exporting, the graph holds the plain convolution (first: a symbolic size test would guard)
+        if (not torch.compiler.is_compiling() and not torch.is_grad_enabled() and x.dim() == 4
+                and x.device.type == "cpu" and x.dtype == torch.float32
                 and self.in_channels >= MIN_CHANNELS and x.shape[2] * x.shape[3] >= MIN_PIXELS and nnpack_enabled()):
             try:
                 x = x.contiguous()

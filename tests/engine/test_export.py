@@ -114,6 +114,23 @@ def test_infer_tool_writes_the_same_detections_with_the_onnx_file(trained, tmp_p
         assert b["score"] == pytest.approx(a["score"], abs=1e-4)
 
 
+def test_a_model_prepared_for_cpu_inference_exports_the_plain_graph(trained, tmp_path):
+    from detect.engine.runtime import prepare_for_inference
+    from detect.ops.conv import nnpack_enabled
+
+    model, cfg = load_model(trained["checkpoint"])
+    prepare_for_inference(model, torch.device("cpu"))  # NNPACK convolutions, chunked RoIs: as Predictor runs it
+    before = nnpack_enabled()
+    export_onnx(model, cfg, tmp_path / "prepared.onnx")
+    assert nnpack_enabled() == before  # the export did not switch NNPACK off for the rest of the process
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "prepared.onnx")).graph.node}
+    assert "Conv" in ops and not any("nnpack" in op.lower() for op in ops)
+    image = torch.rand(3, 128, 150)
+    ref, got = _detections(model, image), _detections(load_model(tmp_path / "prepared.onnx")[0], image)
+    assert len(got["scores"]) == len(ref["scores"])
+    np.testing.assert_allclose(got["scores"].numpy(), ref["scores"].numpy(), atol=1e-4)
+
+
 def test_fast_rcnn_exports_with_proposals_as_a_second_input(tmp_path):
     torch.manual_seed(0)
     cfg = load_config("configs/fast_rcnn/shapes.yaml", ["data.classes=[a,b,c]", "model.roi_head.score_thresh=0.0"])
