@@ -63,6 +63,17 @@ def test_onnx_runtime_gives_pytorchs_detections_at_any_size(trained, size):
     assert torch.equal(got["labels"], ref["labels"])
 
 
+def test_onnx_runtime_gives_pytorchs_detections_on_bccd_images(trained, bccd_root):
+    torch_model, _ = load_model(trained["checkpoint"])
+    predictor = Predictor.from_checkpoint(trained["onnx"])
+    for path in sorted((bccd_root / "JPEGImages").glob("*.jpg"))[:3]:
+        tensor = predictor.prepare(read_image(path))[0]  # 640x480 resized by the test transform
+        ref, got = _detections(torch_model, tensor), _detections(predictor.model, tensor)
+        assert len(got["scores"]) == len(ref["scores"]) > 0
+        np.testing.assert_allclose(got["boxes"].numpy(), ref["boxes"].numpy(), atol=0.01)
+        np.testing.assert_allclose(got["scores"].numpy(), ref["scores"].numpy(), atol=1e-4)
+
+
 def test_the_file_carries_what_inference_needs(trained):
     meta = {p.key: p.value for p in onnx.load(str(trained["onnx"])).metadata_props}
     assert meta["detect.format"] == "detect-onnx/1"
