@@ -70,8 +70,8 @@ def evaluate_coco(gt: Dict[str, Any], results: List[Dict[str, Any]], backend: st
     """COCO box metrics for ``results`` (COCO results list) against ``gt`` (COCO dict).
 
     Returns the 12 statistics (``AP``, ``AP50`` ... ``ARl``; -1 where COCO defines none), per-class
-    ``AP`` and ``AP50`` (``per_class``), the IoU-0.5 precision-recall curve per class (``pr_curves``),
-    and the backend used.
+    ``AP`` and ``AP50`` (``per_class``), AP50 per object size (``AP50_by_area``: small, medium, large),
+    the IoU-0.5 precision-recall curve per class (``pr_curves``), and the backend used.
     """
     COCO, make_eval = _coco_api(backend)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -82,6 +82,7 @@ def evaluate_coco(gt: Dict[str, Any], results: List[Dict[str, Any]], backend: st
         if not results:
             zero = {k: 0.0 for k in COCO_STATS}
             return {**zero, "per_class": {n: {"AP": 0.0, "AP50": 0.0} for n in names.values()}, "pr_curves": {},
+                    "AP50_by_area": {"small": 0.0, "medium": 0.0, "large": 0.0},
                     "backend": COCO.__module__.split(".")[0]}
         coco_dt = coco_gt.loadRes(results)
         ev = make_eval(coco_gt, coco_dt)
@@ -100,6 +101,12 @@ def evaluate_coco(gt: Dict[str, Any], results: List[Dict[str, Any]], backend: st
         curves[names[cat_id]] = {"recall": [float(r) for r in ev.params.recThrs], "precision": [float(v) for v in p50]}
     metrics["per_class"] = per_class
     metrics["pr_curves"] = curves
+    # AP50 by object size (COCO's small / medium / large area ranges): the error analysis's dAP by size
+    metrics["AP50_by_area"] = {}
+    for a, area in enumerate(("small", "medium", "large"), start=1):
+        p50 = precision[0, :, :, a, -1]
+        valid = p50[:, (p50 > -1).any(axis=0)]
+        metrics["AP50_by_area"][area] = float(valid.mean()) if valid.size else -1.0
     metrics["backend"] = type(ev).__module__.split(".")[0]
     return metrics
 
