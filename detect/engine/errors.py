@@ -175,3 +175,43 @@ def _fixed(gt, results, per_detection, targets, matched_ids, missed_ids, kind: s
             det["bbox"] = list(box["bbox"])
         out.append(det)
     return gt, out
+
+
+def confusion_matrix(gt: Dict[str, Any], results: Sequence[Dict[str, Any]], iou: float = 0.5,
+                     score_thresh: float = 0.5) -> Dict[str, Any]:
+    """Ground-truth class against detected class for the detections scoring at least ``score_thresh``:
+    per image, best score first, each detection takes the free ground-truth box (any class) it
+    overlaps most at IoU >= ``iou``. ``matrix[i][j]``: boxes of class ``i`` detected as class ``j``;
+    the last row and column are background (a detection of nothing, a box nobody detected).
+    Detections inside crowd / ignore regions count nowhere. Returns ``{"classes", "matrix"}``."""
+    cats = [c["id"] for c in gt["categories"]]
+    index = {c: k for k, c in enumerate(cats)}
+    bg = len(cats)
+    matrix = np.zeros((bg + 1, bg + 1), np.int64)
+    anns: Dict[int, List[Dict[str, Any]]] = {}
+    for ann in gt["annotations"]:
+        anns.setdefault(ann["image_id"], []).append(ann)
+    dets: Dict[int, List[Dict[str, Any]]] = {}
+    for det in results:
+        if det["score"] >= score_thresh:
+            dets.setdefault(det["image_id"], []).append(det)
+    for image in gt["images"]:
+        gts = anns.get(image["id"], [])
+        ds = sorted(dets.get(image["id"], []), key=lambda d: -d["score"])
+        crowd = [int(bool(g.get("iscrowd", 0) or g.get("ignore", 0))) for g in gts]
+        ious = np.asarray(mask_utils.iou([d["bbox"] for d in ds], [g["bbox"] for g in gts], crowd)) \
+            if ds and gts else np.zeros((len(ds), len(gts)))
+        free = [not c for c in crowd]
+        for row, det in enumerate(ds):
+            real = [g for g in range(len(gts)) if free[g] and ious[row, g] >= iou]
+            if real:
+                g = max(real, key=lambda g: ious[row, g])
+                free[g] = False
+                matrix[index[gts[g]["category_id"]], index[det["category_id"]]] += 1
+            elif not any(crowd[g] and ious[row, g] >= iou for g in range(len(gts))):
+                matrix[bg, index[det["category_id"]]] += 1
+        for g, ann in enumerate(gts):
+            if free[g] and not crowd[g]:
+                matrix[index[ann["category_id"]], bg] += 1
+    names = [c["name"] for c in gt["categories"]] + ["background"]
+    return {"classes": names, "matrix": matrix.tolist(), "iou": iou, "score_thresh": score_thresh}

@@ -17,7 +17,7 @@ import io
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
@@ -247,10 +247,12 @@ def plot_pr_curves(curves: Dict[str, Dict[str, List[float]]], path, title: str =
 
 def evaluate_detections(gt: Dict[str, Any], detections: Detections, backend: str = "auto",
                         output_dir: Optional[Path] = None, unreadable: Optional[Dict[int, str]] = None,
-                        extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                        extra: Optional[Dict[str, Any]] = None, report: Optional[Callable] = None) -> Dict[str, Any]:
     """COCO and VOC metrics for ``detections`` (image_id -> boxes / scores / labels in the ground
-    truth's pixels); with ``output_dir``, writes ``metrics.json`` and ``pr_curves.png`` there.
-    ``extra`` (e.g. the inference timing) joins the metrics and the file.
+    truth's pixels; labels are the ground truth's category ids); with ``output_dir``, writes
+    ``metrics.json`` and ``pr_curves.png`` there. ``extra`` (e.g. the inference timing) joins the
+    metrics and the file. ``report(gt, results, metrics)`` (e.g. :func:`detect.engine.report.
+    write_report` bound to a folder) runs last and what it returns joins them too (the error table).
 
     ``unreadable`` (image id -> message): test images that could not be read. They are left out
     with their ground truth (scoring them as all missed would measure the file, not the detector)
@@ -259,11 +261,14 @@ def evaluate_detections(gt: Dict[str, Any], detections: Detections, backend: str
     if unreadable:
         gt = {**gt, "images": [im for im in gt["images"] if im["id"] not in unreadable],
               "annotations": [a for a in gt["annotations"] if a["image_id"] not in unreadable]}
-    coco = evaluate_coco(gt, to_coco_results(detections), backend)
+    results = to_coco_results(detections)
+    coco = evaluate_coco(gt, results, backend)
     metrics = {"coco": coco, "voc": evaluate_voc(gt, detections), "num_images": len(gt["images"])}
     if unreadable:
         metrics["unreadable_images"] = [unreadable[k] for k in sorted(unreadable)]
     metrics.update(extra or {})
+    if report is not None:
+        metrics.update(report(gt, results, metrics))
     if output_dir is not None:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -274,7 +279,7 @@ def evaluate_detections(gt: Dict[str, Any], detections: Detections, backend: str
 
 
 def evaluate(model: torch.nn.Module, cfg, device: torch.device, output_dir: Optional[Path] = None,
-             progress: bool = True) -> Dict[str, Any]:
+             progress: bool = True, report: Optional[Callable] = None) -> Dict[str, Any]:
     """COCO and VOC metrics of ``model`` on ``cfg``'s ``data.test`` (its proposals attached for the
     stages that take them), with the inference timing; writes metrics.json / pr_curves.png into
     ``output_dir`` when given. What ``tools/eval.py`` and the end of training run."""
@@ -286,4 +291,4 @@ def evaluate(model: torch.nn.Module, cfg, device: torch.device, output_dir: Opti
     for message in unreadable.values():
         logger.warning("test image left out of the evaluation: %s", message)
     return evaluate_detections(to_coco_dict(test_set), detections, output_dir=output_dir, unreadable=unreadable,
-                               extra={"timing": timing})
+                               extra={"timing": timing}, report=report)
