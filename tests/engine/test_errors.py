@@ -89,3 +89,16 @@ def test_no_detections_means_everything_is_missed():
     r = analyse_errors(GT, [])
     assert r["counts"]["missed"] == 5 and sum(r["counts"].values()) == 5
     assert r["AP50"] == 0.0
+
+
+def test_confusion_matrix_counts_each_box_once():
+    from detect.engine.errors import confusion_matrix
+
+    c = confusion_matrix(GT, RESULTS, iou=0.5, score_thresh=0.5)
+    assert c["classes"] == ["one", "two", "background"]
+    # one: A found as one (d1); two: B found as one (d3), D missed, E found as two (d7); background:
+    # d5 (one) and d2 (one; A is taken by d1). C's detection d4 (IoU 1/3) is background, C missed;
+    # d6 (0.4) and d8 (0.3) are under the score threshold.
+    assert c["matrix"] == [[1, 0, 1],
+                           [1, 1, 1],
+                           [3, 0, 0]]
