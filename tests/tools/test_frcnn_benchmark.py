@@ -23,7 +23,9 @@ def test_frcnn_benchmark_measures_both_libraries(shapes_dir, tmp_path):
                             ("torchvision_equal", 300)):
         row = rows[name]
         assert row["proposals"] == proposals
-        assert row["total_s"] > row["backbone_s"] > 0
+        # total and backbone are timed in separate calls: on a loaded machine the backbone alone has
+        # measured longer than the whole model (CI, 2026-11-29), so only their signs are asserted
+        assert row["total_s"] > 0 and row["backbone_s"] > 0
         assert abs(row["outside_backbone_s"] - (row["total_s"] - row["backbone_s"])) < 1e-12
     ratios = rows["ratios"]
     assert abs(ratios["outside_backbone_equal_300"] - rows["detect_default"]["outside_backbone_s"]
