@@ -33,7 +33,8 @@ from detect.data.collate import collate_detection, image_to_tensor
 from detect.data.image_io import read_image
 from detect.data.transforms import boxes_to_original, build_transforms
 from detect.engine.checkpoint import load_checkpoint, load_model
-from detect.engine.evaluation import evaluate_detections
+from detect.engine.errors import ERROR_TYPES, analyse_errors
+from detect.engine.evaluation import evaluate_detections, to_coco_results
 from detect.engine.inference import to_original
 from detect.engine.runtime import prepare_for_inference, run_model, timed_calls
 from detect.engine.trainer import train
@@ -158,6 +159,8 @@ def evaluate_stage(model, cfg, max_images: Optional[int], progress: bool) -> Dic
     gt["images"] = [im for im in gt["images"] if im["id"] in detections]
     gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] in detections]
     metrics = evaluate_detections(gt, detections)
+    errors = analyse_errors(gt, to_coco_results(detections))
+    metrics["errors"] = {k: errors[k] for k in ("AP50", "counts", "dAP", "dAP_by_size")}
     seconds = {k: float(np.mean([t[k] for t in times])) for k in ("proposals", "network", "postprocess")}
     seconds["total"] = sum(seconds.values())
     return {"metrics": metrics, "seconds": seconds, "detections": detections, "proposals": proposals,
@@ -228,6 +231,7 @@ def run_stages(data_config, budget: float, output_dir, checkpoints: Optional[Dic
             "name": NAMES[stage], "backbone": mcfg.model.backbone.name, "fpn": mcfg.model.backbone.fpn,
             "input": [mcfg.input.min_size_test, mcfg.input.max_size],
             **{k: m[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")},
+            "errors": tested[stage]["metrics"]["errors"],
             "train_seconds": info["train_seconds"], "checkpoint": info["checkpoint"],
             "test_seconds_per_image": tested[stage]["seconds"], "test_images": len(tested[stage]["detections"])}
     s = {k: result["stages"][k]["test_seconds_per_image"] for k in STAGES}
@@ -260,6 +264,10 @@ def format_table(result: Dict[str, Any]) -> str:
                  f"{r['rcnn_over_fast_rcnn_total']:.1f}x with proposals (papers: 146-213x, network only)")
     lines.append(f"Fast R-CNN / Faster R-CNN: {r['fast_rcnn_over_faster_rcnn_total']:.1f}x with proposals, "
                  f"{r['fast_rcnn_over_faster_rcnn_network']:.1f}x network only (paper: about 10x with proposals)")
+    lines.append("AP50 points gained if each error type were fixed (TIDE): " + " ".join(f"{k:>7}" for k in ERROR_TYPES))
+    for st in result["stages"].values():
+        lines.append(f"  {st['name']:<13}" + " " * 43 + " ".join(f"{100 * st['errors']['dAP'][k]:7.2f}"
+                                                                  for k in ERROR_TYPES))
     lines.append(f"{'proposals':<17} " + " ".join(f"{'R@0.5/AR@' + str(n):>16}" for n in RECALL_COUNTS))
     for key, name in (("selective_search", "selective search"), ("rpn", "RPN")):
         table = result["proposals"][key]["table"]["overall"]
@@ -286,7 +294,14 @@ def format_markdown(result: Dict[str, Any]) -> str:
               f"| R-CNN / Fast R-CNN, with proposals | {r['rcnn_over_fast_rcnn_total']:.1f}x | |",
               f"| Fast R-CNN / Faster R-CNN, with proposals | {r['fast_rcnn_over_faster_rcnn_total']:.1f}x | about 10x |",
               f"| Fast R-CNN / Faster R-CNN, network | {r['fast_rcnn_over_faster_rcnn_network']:.1f}x | |",
-              "", "| proposals | " + " | ".join(f"R@0.5 / AR @{n}" for n in RECALL_COUNTS) + " |",
+              "", "Where each stage loses AP50: the points gained if every error of a type were fixed (TIDE's "
+              "oracles, `detect/engine/errors.py`), and the count of each type.", "",
+              "| stage | " + " | ".join(ERROR_TYPES) + " | dominant |", "|---|" + "---|" * (len(ERROR_TYPES) + 1)]
+    for st in result["stages"].values():
+        e = st["errors"]
+        lines.append(f"| {st['name']} | " + " | ".join(f"{100 * e['dAP'][k]:.2f} ({e['counts'][k]})" for k in ERROR_TYPES)
+                     + f" | {max(ERROR_TYPES, key=lambda k: e['dAP'][k])} |")
+    lines += ["", "| proposals | " + " | ".join(f"R@0.5 / AR @{n}" for n in RECALL_COUNTS) + " |",
               "|---|" + "---|" * len(RECALL_COUNTS)]
     for key, name in (("selective_search", "selective search"), ("rpn", "RPN")):
         table = result["proposals"][key]["table"]["overall"]

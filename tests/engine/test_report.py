@@ -34,7 +34,7 @@ def files(tmp_path):
 
 def _eval(*args):
     return subprocess.run([sys.executable, str(REPO / "tools" / "eval.py"), *map(str, args)], capture_output=True,
-                          text=True, cwd=REPO, timeout=600, env={**os.environ, "CI": "true", "PYTHONPATH": str(REPO)})
+                          text=True, cwd=REPO, timeout=600, env={**os.environ, "CI": "true"})
 
 
 def test_any_results_file_gets_the_metrics_errors_and_report(files):

@@ -39,6 +39,10 @@ def test_stages_end_to_end_on_synthetic_images(tmp_path):
         model, cfg = load_model(stage["checkpoint"], overrides=test)
         evaluated = evaluate(model, cfg, torch.device("cpu"), progress=False)["coco"]
         assert (stage["AP"], stage["AP50"]) == pytest.approx((evaluated["AP"], evaluated["AP50"]), abs=1e-9), stage["name"]
+        errors = stage["errors"]  # the error breakdown of the same detections
+        assert errors["AP50"] == pytest.approx(stage["AP50"], abs=1e-9)
+        assert set(errors["dAP"]) == {"cls", "loc", "both", "dupe", "bkg", "missed"}
+        assert all(v >= -1e-9 for v in errors["dAP"].values())  # fixing errors never loses AP50
         t = stage["test_seconds_per_image"]
         assert t["proposals"] > 0 and t["network"] > 0 and t["postprocess"] >= 0
         assert abs(t["total"] - (t["proposals"] + t["network"] + t["postprocess"])) < 1e-9
@@ -57,6 +61,7 @@ def test_stages_end_to_end_on_synthetic_images(tmp_path):
     assert (out / "proposals" / "train_single.npz").is_file() and (out / "proposals" / "test_single.npz").is_file()
     md = (out / "stages.md").read_text()
     assert "| R-CNN |" in md and "| Fast R-CNN |" in md and "| Faster R-CNN |" in md and "selective search" in md
+    assert "Where each stage loses AP50" in md and md.count(" | dominant |") == 1
     for name in ("stages_pr.png", "stages_recall.png", "stages_grid.jpg"):
         image = cv2.imread(str(out / name))
         assert image is not None and image.shape[0] > 50, name
