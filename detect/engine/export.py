@@ -131,10 +131,16 @@ def metadata(cfg, min_side: int) -> Dict[str, str]:
 
 def export_onnx(model: nn.Module, cfg, output: Union[str, Path], opset: int = DEFAULT_OPSET,
                 sample_size: Optional[List[int]] = None) -> Dict[str, Any]:
-    """Write ``model`` (built from ``cfg``, weights loaded) to ``output`` as ONNX; returns a summary
-    (path, opset, size in bytes, smallest side). The sample image that drives the capture only fixes
-    nothing: height and width are dynamic."""
+    """Write ``model`` (built from ``cfg``, weights loaded; moved to the CPU) to ``output`` as ONNX;
+    returns a summary (path, opset, size in bytes, smallest side). The sample image only drives the
+    capture: height and width stay dynamic."""
     check_exportable(cfg)
+    if not hasattr(getattr(torch.export, "Dim", None), "DYNAMIC"):
+        raise CheckpointError(f"exporting to ONNX needs torch 2.6 or newer (this is {torch.__version__})")
+    try:
+        import onnxscript  # noqa: F401  (the dynamo=True exporter writes the graph through it)
+    except ImportError:
+        raise CheckpointError('exporting to ONNX needs onnx and onnxscript: pip install -e ".[deploy]"') from None
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
