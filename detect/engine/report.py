@@ -189,7 +189,9 @@ def write_report(output_dir: Union[str, Path], gt: Dict[str, Any], results: Sequ
                      + [[f"count, {s}", *[errors["counts_by_size"][s][k] for k in ERROR_TYPES]] for s in SIZES]
                      + [[f"dAP50, {s}", *[f"{100 * errors['dAP_by_size'][s][k]:.2f}" for k in ERROR_TYPES]]
                         for s in SIZES]),
-              "<h2>Confusion matrix</h2>", f'<img alt="confusion matrix" src="{confusion_chart(confusion)}">']
+              "<h2>Confusion matrix</h2>", f'<img alt="confusion matrix" src="{confusion_chart(confusion)}">',
+              _table(["ground truth \\ detected as", *confusion["classes"]],
+                     [[name, *row] for name, row in zip(confusion["classes"], confusion["matrix"])])]
     if image_paths:
         legend = " ".join(f'<span style="color:rgb{COLOURS[k]}">&#9632; {NAMES.get(k, "true positive")}</span>'
                           for k in ("tp", *ERROR_TYPES))

@@ -105,6 +105,32 @@ def test_evaluation_and_predictor_give_the_same_results(trained, tmp_path):
     np.testing.assert_array_equal(high["scores"], every["scores"][every["scores"] > 0.5])
 
 
+def test_a_results_file_gets_the_checkpoint_runs_metrics_and_errors(trained, tmp_path):
+    from detect.engine.report import write_report
+
+    model, cfg = load_model(trained["checkpoint"])
+    saved = {}
+
+    def report(gt, results, metrics):
+        saved.update(gt=gt, results=results)
+        return write_report(tmp_path / "ckpt_report", gt, results, metrics)
+
+    direct = evaluate(model, cfg, torch.device("cpu"), progress=False, report=report)
+    (tmp_path / "gt.json").write_text(json.dumps(saved["gt"]))
+    (tmp_path / "dets.json").write_text(json.dumps(saved["results"]))
+    r = _run("eval.py", "--detections", tmp_path / "dets.json", "--ann-file", tmp_path / "gt.json", "--output",
+             tmp_path / "out", "--report", tmp_path / "file_report")
+    assert r.returncode == 0, r.stderr[-2000:]
+    from_file = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert direct["coco"]["AP50"] > 0
+    for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+        assert from_file["coco"][key] == pytest.approx(direct["coco"][key], abs=1e-12), key
+    assert from_file["voc"]["mAP"] == pytest.approx(direct["voc"]["mAP"], abs=1e-12)
+    assert from_file["errors"]["counts"] == direct["errors"]["counts"]
+    assert from_file["errors"]["dAP"] == pytest.approx(direct["errors"]["dAP"], abs=1e-12)
+    assert from_file["confusion"]["matrix"] == direct["confusion"]["matrix"]
+
+
 def _run(tool, *args):
     return subprocess.run([sys.executable, str(REPO / "tools" / tool), *map(str, args)], capture_output=True,
                           text=True, cwd=REPO, timeout=600, env={**os.environ, "CI": "true"})
