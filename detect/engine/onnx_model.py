@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
-import numpy as np
 import torch
 from torch import nn
 

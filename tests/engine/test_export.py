@@ -19,7 +19,7 @@ from detect.engine.export import check_exportable, export_onnx
 from detect.engine.predictor import Predictor
 from detect.engine.quantize import calibration_images, quantize_onnx
 from detect.engine.trainer import train
-from detect.errors import CheckpointError, DatasetError
+from detect.errors import CheckpointError
 from detect.models import build_model
 
 REPO = Path(__file__).resolve().parents[2]
