@@ -2,9 +2,9 @@
 AP each type costs (after TIDE, Bolya et al. 2020, "TIDE: A General Toolbox for Identifying Object
 Detection Errors").
 
-A detection is matched as COCO matches at IoU 0.5 (per image and class, best score first, the
-highest-IoU free ground truth, crowd / ignore regions absorbing detections without counting them,
-the best 100 per image and class). Each unmatched detection is then, in TIDE's order:
+A detection is matched by pycocotools itself at IoU 0.5 (:func:`coco_matches`: per image and class,
+best score first, crowd regions absorbing detections without counting them, the best 100 per image
+and class). Each unmatched detection is then, in TIDE's order:
 
     loc     IoU with a box of its class in [0.1, 0.5)                    (right class, poor box)
     cls     IoU >= 0.5 with a box of another class                       (right box, wrong class)
@@ -24,9 +24,11 @@ by exactly the evaluator that scores the originals.
 """
 from __future__ import annotations
 
-import copy
+import contextlib
+import io
+import json
 from collections import Counter
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -41,57 +43,64 @@ def _size(area: float) -> str:
     return "small" if area < 32 ** 2 else "medium" if area < 96 ** 2 else "large"
 
 
-def _assign_image(gts: List[Dict[str, Any]], dets: List[Dict[str, Any]], fg: float, bg: float, max_dets: int):
-    """Error type of each detection of one image (``None``: a true positive or ignored) and the
-    ground truth each refers to, and the ids of the image's matched ground truth."""
-    order = sorted(range(len(dets)), key=lambda i: -dets[i]["score"])
-    kept, per_class = [], Counter()
-    for i in order:  # COCO's cut: the best max_dets per image and class
-        per_class[dets[i]["category_id"]] += 1
-        if per_class[dets[i]["category_id"]] <= max_dets:
-            kept.append(i)
-    crowd = [int(bool(g.get("iscrowd", 0) or g.get("ignore", 0))) for g in gts]
-    ious = np.zeros((len(kept), len(gts)))
-    if kept and gts:
-        ious = np.asarray(mask_utils.iou([dets[i]["bbox"] for i in kept], [g["bbox"] for g in gts], crowd))
-    same = np.array([[dets[i]["category_id"] == g["category_id"] for g in gts] for i in kept], bool).reshape(ious.shape)
-    matched_gt: Dict[int, int] = {}  # gt index -> det index, COCO's greedy match at fg
-    status: Dict[int, Optional[str]] = {}
-    target: Dict[int, int] = {}
-    for row, i in enumerate(kept):
-        best, m = min(fg, 1 - 1e-10), -1
-        for g in sorted(range(len(gts)), key=lambda g: crowd[g]):  # non-crowd first, as COCO
-            if not same[row, g] or (g in matched_gt and not crowd[g]):
-                continue
-            if m > -1 and not crowd[m] and crowd[g]:
-                break
-            if ious[row, g] < best:
-                continue
-            best, m = ious[row, g], g
-        if m > -1:
-            status[i] = None  # a true positive, or absorbed by a crowd region
-            if not crowd[m]:
-                matched_gt[m] = i
-    real = [g for g in range(len(gts)) if not crowd[g]]
-    for row, i in enumerate(kept):
-        if i in status:
+def coco_matches(gt: Dict[str, Any], results: Sequence[Dict[str, Any]], iou: float, max_dets: int):
+    """pycocotools' own matching at IoU ``iou`` (area "all", the best ``max_dets`` per image and class):
+    the indices into ``results`` it kept, those it matched or let a crowd region absorb, and the ids of
+    the non-crowd ground-truth boxes it matched."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if not results:
+        return set(), set(), set()
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = json.loads(json.dumps(gt))  # pycocotools writes into what it is given
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes([dict(r) for r in results])  # result k gets id k + 1
+        ev = COCOeval(coco_gt, coco_dt, "bbox")
+        ev.params.iouThrs = np.array([iou])
+        ev.params.areaRng, ev.params.areaRngLbl = ev.params.areaRng[:1], ev.params.areaRngLbl[:1]
+        ev.params.maxDets = [max_dets]
+        ev.evaluate()
+    kept, settled, matched = set(), set(), set()
+    for e in ev.evalImgs:
+        if e is None:
             continue
-        cls_iou = np.where(same[row], ious[row], 0.0)[real] if real else np.zeros(0)
-        other_iou = np.where(~same[row], ious[row], 0.0)[real] if real else np.zeros(0)
-        used_iou = np.array([ious[row, g] if same[row, g] and g in matched_gt else 0.0 for g in real])
-        if cls_iou.size and bg <= cls_iou.max() < fg:
-            status[i], target[i] = "loc", real[int(cls_iou.argmax())]
-        elif other_iou.size and other_iou.max() >= fg:
-            status[i], target[i] = "cls", real[int(other_iou.argmax())]
-        elif used_iou.size and used_iou.max() >= fg:
-            status[i], target[i] = "dupe", real[int(used_iou.argmax())]
-        elif not real or ious[row, real].max() <= bg:
+        for d, m, ignored in zip(e["dtIds"], e["dtMatches"][0], e["dtIgnore"][0]):
+            kept.add(d - 1)
+            if m > 0 or ignored:
+                settled.add(d - 1)
+        matched.update(g for g, m, ignored in zip(e["gtIds"], e["gtMatches"][0], e["gtIgnore"]) if m > 0 and not ignored)
+    return kept, settled, matched
+
+
+def _assign_image(gts: List[Dict[str, Any]], dets: List[Dict[str, Any]], matched: set, fg: float, bg: float):
+    """TIDE's type of each unmatched detection ``dets`` of one image and the index in ``gts`` it points at
+    (``matched``: the ids of the image's boxes COCO matched), and the indices of the missed boxes."""
+    real = [g for g in gts if not g.get("iscrowd", 0)]
+    status: Dict[int, str] = {}
+    target: Dict[int, int] = {}
+    if real and dets:
+        ious = np.asarray(mask_utils.iou([d["bbox"] for d in dets], [g["bbox"] for g in real], [0] * len(real)))
+        same = np.array([d["category_id"] for d in dets])[:, None] == np.array([g["category_id"] for g in real])[None]
+        used = np.array([g["id"] in matched for g in real])[None]
+        cls_iou, other_iou, used_iou = np.where(same, ious, 0.0), np.where(~same, ious, 0.0), np.where(same & used, ious, 0.0)
+    for i in range(len(dets)):
+        if not real:
+            status[i] = "bkg"
+        elif bg <= cls_iou[i].max() < fg:
+            status[i], target[i] = "loc", int(cls_iou[i].argmax())
+        elif other_iou[i].max() >= fg:
+            status[i], target[i] = "cls", int(other_iou[i].argmax())
+        elif used_iou[i].max() >= fg:
+            status[i], target[i] = "dupe", int(used_iou[i].argmax())
+        elif ious[i].max() <= bg:
             status[i] = "bkg"
         else:
-            status[i], target[i] = "both", real[int(ious[row, real].argmax())]
+            status[i], target[i] = "both", int(ious[i].argmax())
     claimed = {target[i] for i in target if status[i] in ("loc", "cls")}
-    missed = [g for g in real if g not in matched_gt and g not in claimed]
-    return kept, status, target, set(matched_gt), missed
+    missed = [g for g, box in enumerate(real) if box["id"] not in matched and g not in claimed]
+    return real, status, target, missed
 
 
 def analyse_errors(gt: Dict[str, Any], results: Sequence[Dict[str, Any]], fg_iou: float = 0.5,
@@ -106,21 +115,19 @@ def analyse_errors(gt: Dict[str, Any], results: Sequence[Dict[str, Any]], fg_iou
     dets_by_image: Dict[int, List[int]] = {}
     for k, det in enumerate(results):
         dets_by_image.setdefault(det["image_id"], []).append(k)
+    kept, settled, matched_ids = coco_matches(gt, results, fg_iou, max_dets)
     per_detection: Dict[int, str] = {}
     targets: Dict[int, Dict[str, Any]] = {}
-    matched_ids, missed_ids = set(), []
+    missed_ids = []
     for image in gt["images"]:
-        gts = anns_by_image.get(image["id"], [])
-        idx = dets_by_image.get(image["id"], [])
-        kept, status, target, matched, missed = _assign_image(gts, [results[k] for k in idx], fg_iou, bg_iou,
-                                                              max_dets)
-        for i in kept:
-            if status[i] is not None:
-                per_detection[idx[i]] = status[i]
+        idx = [k for k in dets_by_image.get(image["id"], []) if k in kept and k not in settled]
+        real, status, target, missed = _assign_image(anns_by_image.get(image["id"], []), [results[k] for k in idx],
+                                                     matched_ids, fg_iou, bg_iou)
+        for i, kind in status.items():
+            per_detection[idx[i]] = kind
             if i in target:
-                targets[idx[i]] = gts[target[i]]
-        matched_ids |= {gts[g]["id"] for g in matched}
-        missed_ids += [gts[g]["id"] for g in missed]
+                targets[idx[i]] = real[target[i]]
+        missed_ids += [real[g]["id"] for g in missed]
 
     counts = Counter(per_detection.values())
     counts["missed"] = len(missed_ids)
@@ -168,12 +175,10 @@ def _fixed(gt, results, per_detection, targets, matched_ids, missed_ids, kind: s
         if box["id"] in used:  # its box is matched already: fixed, it would be a duplicate
             continue
         used.add(box["id"])
-        det = copy.deepcopy(det)
         if kind == "cls":
-            det["category_id"] = box["category_id"]
+            out.append(dict(det, category_id=box["category_id"]))
         else:  # loc
-            det["bbox"] = list(box["bbox"])
-        out.append(det)
+            out.append(dict(det, bbox=list(box["bbox"])))
     return gt, out
 
 
