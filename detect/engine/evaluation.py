@@ -214,7 +214,8 @@ def format_metrics(metrics: Dict[str, Any]) -> str:
 
 
 def plot_pr_curves(curves: Dict[str, Dict[str, List[float]]], path, title: str = "") -> Optional[Path]:
-    """One panel per class: precision against recall at IoU 0.5 (from the COCO evaluation)."""
+    """One panel per class: precision against recall at IoU 0.5 (from the COCO evaluation), written
+    as PNG to ``path`` (a file name, or a binary file object such as ``io.BytesIO``)."""
     if not curves:
         return None
     import matplotlib
@@ -240,9 +241,9 @@ def plot_pr_curves(curves: Dict[str, Dict[str, List[float]]], path, title: str =
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
-    return Path(path)
+    return Path(path) if isinstance(path, (str, Path)) else None
 
 
 def evaluate_detections(gt: Dict[str, Any], detections: Detections, backend: str = "auto",

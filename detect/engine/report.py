@@ -16,6 +16,7 @@ import numpy as np
 
 from detect.engine.errors import ERROR_TYPES, SIZES, analyse_errors, confusion_matrix
 from detect.engine.evaluation import COCO_STATS, plot_pr_curves
+from detect.ops.boxes import xywh_to_xyxy
 
 # RGB; a true positive green, the error types in TIDE's order of the bar chart
 COLOURS = {"tp": (46, 160, 67), "cls": (214, 39, 40), "loc": (255, 127, 14), "both": (148, 103, 189),
@@ -79,11 +80,6 @@ def confusion_chart(confusion: Dict[str, Any]) -> str:
     return _png(fig)
 
 
-def _xyxy(box: Sequence[float]) -> List[int]:
-    x, y, w, h = box
-    return [int(round(x)), int(round(y)), int(round(x + w)), int(round(y + h))]
-
-
 def draw_errors(image: np.ndarray, anns: List[Dict[str, Any]], dets: List[tuple], missed: set,
                 names: Mapping[int, str]) -> np.ndarray:
     """``image`` with its ground truth (white; missed boxes in the missed colour, thick) and the
@@ -91,11 +87,11 @@ def draw_errors(image: np.ndarray, anns: List[Dict[str, Any]], dets: List[tuple]
     out = np.ascontiguousarray(image.copy())
     t = max(1, round(min(out.shape[:2]) / 300))
     for ann in anns:
-        x1, y1, x2, y2 = _xyxy(ann["bbox"])
+        x1, y1, x2, y2 = (int(round(v)) for v in xywh_to_xyxy(np.asarray(ann["bbox"], np.float64)))
         hit = ann["id"] in missed
         cv2.rectangle(out, (x1, y1), (x2, y2), COLOURS["missed"] if hit else (255, 255, 255), 2 * t if hit else t)
     for det, kind in dets:
-        x1, y1, x2, y2 = _xyxy(det["bbox"])
+        x1, y1, x2, y2 = (int(round(v)) for v in xywh_to_xyxy(np.asarray(det["bbox"], np.float64)))
         cv2.rectangle(out, (x1, y1), (x2, y2), COLOURS[kind], t, cv2.LINE_AA)
         cv2.putText(out, f"{kind} {names.get(det['category_id'], '?')} {det['score']:.2f}", (x1 + 2, max(y1 - 3, 10)),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.4, COLOURS[kind], 1, cv2.LINE_AA)
@@ -127,6 +123,7 @@ def galleries(gt: Dict[str, Any], results: Sequence[Dict[str, Any]], errors: Dic
     for k, det in enumerate(results):
         if det["score"] >= min_score:
             dets.setdefault(det["image_id"], []).append((det, errors["per_detection"].get(k, "tp")))
+    images: Dict[int, Optional[np.ndarray]] = {}  # an image in several galleries is read once
     out: Dict[str, List[Dict[str, str]]] = {}
     for kind in ERROR_TYPES:
         ranked = sorted((i for i in per_image if per_image[i].get(kind)), key=lambda i: -per_image[i][kind])
@@ -134,9 +131,13 @@ def galleries(gt: Dict[str, Any], results: Sequence[Dict[str, Any]], errors: Dic
         for image_id in ranked:
             if len(out[kind]) >= per_type or image_id not in image_paths:
                 break
-            try:
-                image = read_image(image_paths[image_id])
-            except ImageReadError:
+            if image_id not in images:
+                try:
+                    images[image_id] = read_image(image_paths[image_id])
+                except ImageReadError:
+                    images[image_id] = None
+            image = images[image_id]
+            if image is None:
                 continue
             drawn = draw_errors(image, anns.get(image_id, []), dets.get(image_id, []), missed, names)
             out[kind].append({"image_id": str(image_id), "src": _jpeg(drawn), "count": str(per_image[image_id][kind]),
@@ -174,11 +175,10 @@ def write_report(output_dir: Union[str, Path], gt: Dict[str, Any], results: Sequ
                                                                  ERROR_TYPES] for name, v in coco["per_class"].items()])]
     curves = coco.get("pr_curves") or {}
     if curves:
-        buf = out / ".pr_curves_report.png"
+        buf = io.BytesIO()
         plot_pr_curves(curves, buf)
         parts += ["<h2>Precision-recall at IoU 0.5</h2>",
-                  f'<img alt="PR curves" src="data:image/png;base64,{base64.b64encode(buf.read_bytes()).decode()}">']
-        buf.unlink()
+                  f'<img alt="PR curves" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">']
     parts += ["<h2>Why AP50 is not 1: errors by type (TIDE)</h2>",
               f"<p>AP50 {100 * errors['AP50']:.1f}. Each bar: the AP50 points gained if every error of that type "
               f"were fixed (the others left as they are).</p>", f'<img alt="error breakdown" src="{error_chart(errors)}">',

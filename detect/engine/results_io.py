@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Union
 import numpy as np
 
 from detect.errors import DatasetError
+from detect.ops.boxes import xywh_to_xyxy
 
 
 def _read_json(path: Union[str, Path], what: str):
@@ -86,12 +87,14 @@ def _check_xywh(path, results, boxes: np.ndarray, images: Dict[int, Dict[str, An
 def results_to_detections(results: List[Dict[str, Any]], gt: Dict[str, Any]) -> Dict[int, Dict[str, np.ndarray]]:
     """COCO results -> the evaluator's ``image_id -> {boxes (xyxy), scores, labels (category ids)}``,
     every ground-truth image present (an image without detections has empty arrays)."""
-    out = {im["id"]: {"boxes": [], "scores": [], "labels": []} for im in gt["images"]}
-    for d in results:
-        x, y, w, h = d["bbox"]
-        o = out[d["image_id"]]
-        o["boxes"].append([x, y, x + w, y + h])
-        o["scores"].append(d["score"])
-        o["labels"].append(d["category_id"])
-    return {k: {"boxes": np.asarray(v["boxes"], np.float32).reshape(-1, 4), "scores": np.asarray(v["scores"], np.float32),
-                "labels": np.asarray(v["labels"], np.int64)} for k, v in out.items()}
+    boxes = xywh_to_xyxy(np.array([d["bbox"] for d in results], np.float32).reshape(-1, 4))
+    scores = np.array([d["score"] for d in results], np.float32)
+    labels = np.array([d["category_id"] for d in results], np.int64)
+    by_image: Dict[Any, List[int]] = {}
+    for k, d in enumerate(results):
+        by_image.setdefault(d["image_id"], []).append(k)
+    out = {}
+    for im in gt["images"]:
+        idx = np.array(by_image.get(im["id"], []), np.int64)
+        out[im["id"]] = {"boxes": boxes[idx], "scores": scores[idx], "labels": labels[idx]}
+    return out
