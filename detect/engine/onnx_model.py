@@ -11,6 +11,7 @@ Needs the ``deploy`` extra (``pip install -e ".[deploy]"``).
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
@@ -108,6 +109,10 @@ def check_metadata(path: Union[str, Path], meta: Dict[str, str]) -> None:
                               f"version exports")
 
 
+def _without_thresh(roi_head: Dict) -> Dict:
+    return {k: v for k, v in roi_head.items() if k != "score_thresh"}
+
+
 def load_onnx(path: Union[str, Path], config: Optional[Union[str, Path]] = None, overrides: Sequence[str] = (),
               threads: Optional[int] = None):
     """``(OnnxDetector, cfg)`` from an exported model; ``cfg`` is the config stored in it with
@@ -124,7 +129,7 @@ def load_onnx(path: Union[str, Path], config: Optional[Union[str, Path]] = None,
         raise CheckpointError(f"{path}: an ONNX model carries its config; pass overrides (key=value) instead of "
                               f"--config")
     stored = json.loads(meta["detect.config"])
-    data = json.loads(meta["detect.config"])
+    data = copy.deepcopy(stored)
     apply_overrides(data, list(overrides))
     cfg = config_from_dict(data, source=f"config stored in {path}")
     exported_thresh = float(stored["model"]["roi_head"]["score_thresh"])
@@ -132,12 +137,12 @@ def load_onnx(path: Union[str, Path], config: Optional[Union[str, Path]] = None,
     if wanted < exported_thresh:
         raise CheckpointError(f"{path}: exported with model.roi_head.score_thresh={exported_thresh:g}, which the "
                               f"graph applies; export again with model.roi_head.score_thresh={wanted:g} for a lower one")
-    cfg.model.roi_head.score_thresh = exported_thresh
-    if cfg.to_dict()["model"] != stored["model"]:
-        changed = sorted(k for k in stored["model"] if cfg.to_dict()["model"].get(k) != stored["model"][k])
+    model = cfg.to_dict()["model"]
+    changed = sorted(k for k in stored["model"] if model.get(k) != stored["model"][k]
+                     and not (k == "roi_head" and _without_thresh(model[k]) == _without_thresh(stored["model"][k])))
+    if changed:
         raise CheckpointError(f"{path}: model.{', model.'.join(changed)} is fixed in the exported graph; export "
                               f"the checkpoint again with the change")
-    cfg.model.roi_head.score_thresh = wanted
     if not cfg.data.classes:
         cfg.data.classes = json.loads(meta["detect.class_names"])
     return OnnxDetector(path, session, meta, wanted), cfg

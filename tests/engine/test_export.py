@@ -279,3 +279,20 @@ def test_export_tool_end_to_end_and_its_bad_input(trained, tmp_path):
     assert not (tmp_path / "n.onnx").exists()
     r = _run("export.py", "--checkpoint", trained["onnx"], "--output", tmp_path / "o.onnx")
     assert r.returncode == 2 and "already ONNX" in r.stderr
+
+
+def test_deploy_benchmark_times_and_scores_each_backend_on_the_same_model(trained, tmp_path):
+    from detect.benchmark.deploy import format_deploy, run_deploy_benchmark
+
+    r = run_deploy_benchmark(trained["checkpoint"], tmp_path, num_images=2, rounds=2, calibration_count=2)
+    rows = r["rows"]
+    assert set(rows) == {"pytorch_fp32", "onnxruntime_fp32", "onnxruntime_int8"}  # tiny: no torchvision twin
+    assert rows["pytorch_fp32"]["AP50"] > 0
+    # the fp32 graph scores what the PyTorch model scores; int8 is a smaller file
+    assert rows["onnxruntime_fp32"]["AP50"] == pytest.approx(rows["pytorch_fp32"]["AP50"], abs=1e-4)
+    assert rows["onnxruntime_int8"]["bytes"] < 0.5 * rows["onnxruntime_fp32"]["bytes"]
+    assert rows["pytorch_fp32"]["latency_vs_pytorch"] == 1.0
+    for row in rows.values():
+        assert row["ms"] > 0 and len(row["ms_per_round"]) == 2
+    assert min(r["image_size"]) == 128 and r["int8"]["calibration_images"] == 2  # short side input.min_size_test
+    assert "ONNX Runtime int8" in format_deploy(r) and "torchvision" not in format_deploy(r).splitlines()[2]
