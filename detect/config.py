@@ -81,6 +81,7 @@ DEFAULTS: Dict[str, Any] = {
             "nms_thresh": 0.5,
             "detections_per_image": 100,
             "svd_ranks": [],       # [fc6, fc7] ranks of a truncated-SVD compressed head (tools/compress.py)
+            "fc_units": [],        # [fc6, fc7] widths left by unit pruning (tools/compress.py prune); [] = fc_dim
         },
         "proposals": {             # Fast R-CNN / R-CNN: external proposals (data.<split>.proposals)
             "mode": "fast",        # selective search mode when computed on the fly (no proposals file)
@@ -168,7 +169,7 @@ _TYPES: Dict[str, Tuple[type, ...]] = {
 _LIST_ITEMS: Dict[str, type] = {"input.min_size": int, "model.backbone.fpn_strides": int, "data.classes": str,
                                  "model.rpn.anchor_sizes": list,
                                  "model.rpn.aspect_ratios": float, "model.roi_head.bbox_reg_weights": float,
-                                 "train.steps": float, "model.roi_head.svd_ranks": int,
+                                 "train.steps": float, "model.roi_head.svd_ranks": int, "model.roi_head.fc_units": int,
                                  "model.fast_rcnn.pyramid_scales": float}
 _CHOICES: Dict[str, Sequence[str]] = {
     "model.rpn.anchor_sizes": ("auto",),   # or a list

@@ -81,7 +81,7 @@ def build_roi_head(cfg, backbone: Backbone, num_classes: int) -> RoIHead:
         backbone.res5 = None  # the head owns it now (one copy of the weights)
     else:
         resolution = h.resolution
-        box_head = TwoFCHead(backbone.out_channels, resolution, h.fc_dim)
+        box_head = TwoFCHead(backbone.out_channels, resolution, h.fc_dim, h.fc_units)
         if h.svd_ranks:  # a checkpoint compressed by tools/compress.py: build its layer shapes
             factorise_box_head_shapes(box_head, h.svd_ranks)
     pooler = RoIPooler(resolution, backbone.roi_strides, mode=h.pooler, sampling_ratio=h.sampling_ratio,

@@ -65,13 +65,17 @@ def select_detections(boxes: torch.Tensor, scores: torch.Tensor, size: ImageSize
 
 
 class TwoFCHead(nn.Module):
-    """Flatten the pooled grid, then two fully connected layers with ReLU (VGG16's fc6 / fc7)."""
+    """Flatten the pooled grid, then two fully connected layers with ReLU (VGG16's fc6 / fc7).
 
-    def __init__(self, in_channels: int, resolution: int, fc_dim: int = 1024):
+    ``units``: ``(fc6, fc7)`` widths where unit pruning left them different from ``fc_dim``.
+    """
+
+    def __init__(self, in_channels: int, resolution: int, fc_dim: int = 1024, units: Sequence[int] = ()):
         super().__init__()
-        self.fc6 = nn.Linear(in_channels * resolution * resolution, fc_dim)
-        self.fc7 = nn.Linear(fc_dim, fc_dim)
-        self.out_channels = fc_dim
+        fc6_dim, fc7_dim = (int(u) for u in units) if units else (fc_dim, fc_dim)
+        self.fc6 = nn.Linear(in_channels * resolution * resolution, fc6_dim)
+        self.fc7 = nn.Linear(fc6_dim, fc7_dim)
+        self.out_channels = fc7_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.fc7(F.relu(self.fc6(x.flatten(1)))))
