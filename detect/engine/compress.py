@@ -8,6 +8,7 @@ from typing import Any, Dict, Sequence
 import torch
 
 from detect.engine.checkpoint import load_model, save_checkpoint
+from detect.errors import CheckpointError
 from detect.models.svd import compress_box_head
 
 
@@ -19,7 +20,7 @@ def compress_checkpoint(checkpoint, ranks: Sequence[int], output, overrides=()) 
     """
     model, cfg = load_model(checkpoint, overrides=overrides)
     if list(cfg.model.roi_head.svd_ranks):
-        raise ValueError(f"{checkpoint} is already compressed (svd_ranks={list(cfg.model.roi_head.svd_ranks)})")
+        raise CheckpointError(f"{checkpoint} is already compressed (svd_ranks={list(cfg.model.roi_head.svd_ranks)})")
     original = copy.deepcopy(model)
     compress_box_head(model.roi_head.box_head, list(ranks))
     cfg.model.roi_head.svd_ranks = [int(r) for r in ranks]
