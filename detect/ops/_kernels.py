@@ -185,3 +185,78 @@ def roi_align_nhwc_backward(grad_out, rois, grad_in, spatial_scale, sampling_rat
                             b[ch] += v * w2 / count
                             c[ch] += v * w3 / count
                             d[ch] += v * w4 / count
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _round_half_away(x):
+    """C's ``std::round`` (halves away from zero), which torchvision's RoI max pool uses."""
+    return np.floor(x + _HALF) if x >= _ZERO else -np.floor(-x + _HALF)
+
+
+@njit(cache=True, nogil=True)
+def roi_pool_nhwc(feature, rois, out, argmax, out_index, spatial_scale):
+    """RoI max pooling (Fast R-CNN) of ``rois (K, 5) float32`` from ``feature (B, H, W, C) float32``
+    into ``out[out_index[k]]`` of ``out (R, C, PH, PW)``, the winning cell ``h * W + w`` (-1: empty
+    bin) into ``argmax (K, C, PH, PW)`` int32.
+
+    torchvision's ``roi_pool``: the RoI's corners rounded to map cells (half away from zero), at
+    least one cell a side, bin ``p`` spanning cells ``[floor(p * size), ceil((p + 1) * size))`` of it
+    clipped to the map, an empty bin giving 0, the first maximum in row-major order winning. The
+    channel loop is innermost and branch-free (a select), so it vectorises.
+    """
+    height, width, channels = feature.shape[1], feature.shape[2], feature.shape[3]
+    pooled_h, pooled_w = out.shape[2], out.shape[3]
+    bins = pooled_h * pooled_w
+    best = np.empty((bins, channels), np.float32)  # one RoI, channels last
+    where = np.empty((bins, channels), np.int32)
+    lowest = np.float32(-3.4028234663852886e38)  # -FLT_MAX
+    for k in range(rois.shape[0]):
+        f = feature[int(rois[k, 0])]
+        start_w = int(_round_half_away(rois[k, 1] * spatial_scale))
+        start_h = int(_round_half_away(rois[k, 2] * spatial_scale))
+        end_w = int(_round_half_away(rois[k, 3] * spatial_scale))
+        end_h = int(_round_half_away(rois[k, 4] * spatial_scale))
+        bin_h = np.float32(max(end_h - start_h + 1, 1)) / np.float32(pooled_h)
+        bin_w = np.float32(max(end_w - start_w + 1, 1)) / np.float32(pooled_w)
+        for ph in range(pooled_h):
+            h0 = min(max(int(np.floor(np.float32(ph) * bin_h)) + start_h, 0), height)
+            h1 = min(max(int(np.ceil(np.float32(ph + 1) * bin_h)) + start_h, 0), height)
+            for pw in range(pooled_w):
+                w0 = min(max(int(np.floor(np.float32(pw) * bin_w)) + start_w, 0), width)
+                w1 = min(max(int(np.ceil(np.float32(pw + 1) * bin_w)) + start_w, 0), width)
+                b, i = best[ph * pooled_w + pw], where[ph * pooled_w + pw]
+                b[:] = _ZERO if h1 <= h0 or w1 <= w0 else lowest
+                i[:] = -1
+                for h in range(h0, h1):
+                    for w in range(w0, w1):
+                        row = f[h, w]
+                        cell = np.int32(h * width + w)
+                        for ch in range(channels):
+                            v = row[ch]
+                            better = v > b[ch]
+                            b[ch] = v if better else b[ch]
+                            i[ch] = cell if better else i[ch]
+        # transposed into the channels-first outputs once per RoI (contiguous writes)
+        o = out[out_index[k]].reshape(channels, bins)
+        a = argmax[k].reshape(channels, bins)
+        for ch in range(channels):
+            for q in range(bins):
+                o[ch, q] = best[q, ch]
+                a[ch, q] = where[q, ch]
+
+
+@njit(cache=True, nogil=True)
+def roi_pool_backward(grad_out, rois, argmax, grad_in):
+    """Gradient of :func:`roi_pool_nhwc`: each bin's gradient ``grad_out (K, C, PH, PW)`` goes to the
+    cell that won it (``argmax``), added into ``grad_in (B, C, H * W) float32`` in torchvision's order
+    (RoI, channel, bin), so the sums are equal bit for bit."""
+    channels = grad_in.shape[1]
+    pooled_h, pooled_w = grad_out.shape[2], grad_out.shape[3]
+    for k in range(rois.shape[0]):
+        g_in = grad_in[int(rois[k, 0])]
+        for ch in range(channels):
+            for ph in range(pooled_h):
+                for pw in range(pooled_w):
+                    cell = argmax[k, ch, ph, pw]
+                    if cell >= 0:
+                        g_in[ch, cell] += grad_out[k, ch, ph, pw]

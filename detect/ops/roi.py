@@ -1,7 +1,7 @@
 """RoI pooling from a feature map of known stride (Fast R-CNN's RoI max pool, or RoI align).
 
-The kernels are ``torchvision.ops.roi_pool`` / ``roi_align`` (RoI align on float32 CPU maps: an
-equivalent channels-last kernel of our own and its backward, see :mod:`detect.ops._kernels`); this
+The kernels are ``torchvision.ops.roi_pool`` / ``roi_align`` (on float32 CPU maps: equivalent
+channels-last kernels of our own and their backward, see :mod:`detect.ops._kernels`); this
 module fixes the conventions around them: boxes are xyxy in image pixels, the feature map's stride gives
 the spatial scale, and with several maps (FPN) each RoI is pooled from the level its size calls for (Lin
 et al. 2017, eq. 1).
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align, roi_pool
 
-from detect.ops._kernels import roi_align_nhwc, roi_align_nhwc_backward
+from detect.ops._kernels import roi_align_nhwc, roi_align_nhwc_backward, roi_pool_backward, roi_pool_nhwc
 
 POOL_MODES = ("pool", "align")
 
@@ -62,6 +62,39 @@ class _RoIAlignCPU(torch.autograd.Function):
         roi_align_nhwc_backward(grad.permute(0, 2, 3, 1).contiguous().numpy(), rois.detach().contiguous().numpy(),
                                 grad_in.numpy(), np.float32(1.0 / ctx.stride), ctx.sampling_ratio, True)
         return grad_in.permute(0, 3, 1, 2).contiguous(), None, None, None, None
+
+
+def _roi_pool_cpu(feature: torch.Tensor, rois: torch.Tensor, index: torch.Tensor, out: torch.Tensor,
+                  stride: int) -> torch.Tensor:
+    """``out[index] = torchvision.ops.roi_pool(feature, rois, ...)``, equal to it bit for bit, through
+    the channels-last kernel; returns the winning cells ``argmax (len(index), C, PH, PW)``."""
+    argmax = torch.empty((rois.shape[0],) + tuple(out.shape[1:]), dtype=torch.int32)
+    nhwc = feature.detach().permute(0, 2, 3, 1).contiguous().numpy()
+    roi_pool_nhwc(nhwc, rois.detach().contiguous().numpy(), out.numpy(), argmax.numpy(), index.numpy(),
+                  np.float32(1.0 / stride))
+    return argmax
+
+
+class _RoIPoolCPU(torch.autograd.Function):
+    """``torchvision.ops.roi_pool`` on a float32 CPU map with a gradient for the map, both passes
+    through the channels-last kernels (equal to torchvision's bit for bit)."""
+
+    @staticmethod
+    def forward(ctx, feature: torch.Tensor, rois: torch.Tensor, stride: int, output_size: Tuple[int, int]) -> torch.Tensor:
+        out = feature.new_empty((rois.shape[0], feature.shape[1]) + tuple(output_size))
+        argmax = _roi_pool_cpu(feature, rois, torch.arange(rois.shape[0]), out, stride)
+        ctx.save_for_backward(rois, argmax)
+        ctx.shape = feature.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        rois, argmax = ctx.saved_tensors
+        b, c, h, w = ctx.shape
+        grad_in = grad.new_zeros((b, c, h * w))
+        roi_pool_backward(grad.contiguous().numpy(), rois.detach().contiguous().numpy(), argmax.numpy(),
+                          grad_in.numpy())
+        return grad_in.view(b, c, h, w), None, None, None
 
 
 def assign_fpn_levels(boxes: torch.Tensor, min_level: int, max_level: int,
@@ -118,7 +151,7 @@ class RoIPooler(nn.Module):
         if len(features) != len(self.strides):
             raise ValueError(f"RoIPooler built for {len(self.strides)} feature maps, got {len(features)}")
         rois = self._to_rois(boxes, features[0])
-        fast = self.mode == "align" and _cpu_float32(features) and not _wants_grad(features)  # in place
+        fast = _cpu_float32(features) and not _wants_grad(features)  # in place
         if len(features) == 1 and not fast:
             return self._pool(features[0], rois, self.strides[0])
         levels = None if len(features) == 1 else assign_fpn_levels(rois[:, 1:], self.min_level, self.max_level,
@@ -128,8 +161,10 @@ class RoIPooler(nn.Module):
             idx = torch.arange(rois.shape[0]) if levels is None else torch.nonzero(levels == level).flatten()
             if not torch.compiler.is_compiling() and idx.numel() == 0:  # exported: known only when run
                 continue
-            if fast:
+            if fast and self.mode == "align":
                 _roi_align_cpu(feature, rois[idx], idx, out, stride, self.sampling_ratio)
+            elif fast:
+                _roi_pool_cpu(feature, rois[idx], idx, out, stride)
             else:
                 out[idx] = self._pool(feature, rois[idx], stride).to(out.dtype)
         return out
@@ -142,6 +177,8 @@ class RoIPooler(nn.Module):
 
     def _pool(self, feature: torch.Tensor, rois: torch.Tensor, stride: int) -> torch.Tensor:
         if self.mode == "pool":
+            if _cpu_float32([feature]):
+                return _RoIPoolCPU.apply(feature, rois, stride, self.output_size)
             return roi_pool(feature, rois, self.output_size, spatial_scale=1.0 / stride)
         if _cpu_float32([feature]):
             return _RoIAlignCPU.apply(feature, rois, stride, self.sampling_ratio, self.output_size)

@@ -170,3 +170,39 @@ def test_cpu_roi_align_backward_with_one_map_and_border_samples():
     torchvision.ops.roi_align(theirs_in, rois, (3, 2), 0.25, 0, True).pow(2).sum().backward()
     assert torch.equal(ours_in.grad, theirs_in.grad)
     assert ours_in.grad[0, :, 5, 6].abs().sum() > 0  # the bottom-right cell received its share
+
+
+def test_cpu_roi_max_pool_equals_torchvision_bit_for_bit_with_ties_and_gradients():
+    import torchvision
+
+    g = torch.Generator().manual_seed(3)
+    # few distinct values: many ties, so the first maximum in row-major order must win as in torchvision
+    features = [torch.randint(0, 4, (2, 8, 24, 32), generator=g).float(),
+                torch.randn(2, 8, 12, 16, generator=g)]
+    boxes = [torch.cat([_random_boxes(60, g, 560.0, 700.0) - 30.0,
+                        torch.tensor([[5.0, 5.0, 5.2, 5.1], [-200.0, -90.0, -100.0, -50.0],
+                                      [24.0, 8.0, 40.0, 56.0], [-8.0, -24.0, 8.0, 24.0]])]),  # halves: 1.5, 0.5, -0.5
+             _random_boxes(40, g, 512.0, 200.0)]
+    pooler = RoIPooler(7, strides=[16, 32], mode="pool")
+    rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i)), b], 1) for i, b in enumerate(boxes)])
+    levels = assign_fpn_levels(rois[:, 1:], 4, 5)
+    assert set(levels.tolist()) == {0, 1}
+
+    ours_in = [f.clone().requires_grad_(True) for f in features]
+    theirs_in = [f.clone().requires_grad_(True) for f in features]
+    with torch.no_grad():
+        inference = pooler(features, boxes)  # the in-place path
+    pooled = pooler(ours_in, boxes)
+    single = pooler.__class__(7, strides=[16], mode="pool")([ours_in[0]], boxes[:1])
+    assert type(single.grad_fn).__name__ == "_RoIPoolCPUBackward"  # the channels-last kernels, not torchvision's
+    reference = torch.empty_like(pooled)
+    for level, (f, stride) in enumerate(zip(theirs_in, [16, 32])):
+        idx = levels == level
+        reference[idx] = torchvision.ops.roi_pool(f, rois[idx], 7, spatial_scale=1.0 / stride)
+    assert torch.equal(inference, reference.detach()) and torch.equal(pooled.detach(), reference.detach())
+    assert (reference == 0).any()  # boxes outside the map give empty bins
+    weight = torch.randn(pooled.shape, generator=g)
+    (pooled * weight).sum().backward()
+    (reference * weight).sum().backward()
+    for a, b in zip(ours_in, theirs_in):
+        assert a.grad.abs().sum() > 0 and torch.equal(a.grad, b.grad)
