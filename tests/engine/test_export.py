@@ -84,7 +84,7 @@ def test_the_file_carries_what_inference_needs(trained):
     assert io["image"]["shape"] == ["1", "3", "H", "W"] and io["image"]["range"] == [0, 1]
     assert int(meta["detect.min_side"]) == trained["summary"]["min_side"] > 1
     graph = onnx.load(str(trained["onnx"])).graph
-    assert {"NonMaxSuppression", "MaxRoiPool"} <= {n.op_type for n in graph.node}  # in the graph, not in Python
+    assert {"NonMaxSuppression", "RoiAlign"} <= {n.op_type for n in graph.node}  # in the graph, not in Python
     dims = graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_value == 1 and dims[2].dim_param and dims[3].dim_param  # height and width are dynamic
 
@@ -173,6 +173,7 @@ def test_fast_rcnn_exports_with_proposals_as_a_second_input(tmp_path):
     cfg = load_config("configs/fast_rcnn/shapes.yaml", ["data.classes=[a,b,c]", "model.roi_head.score_thresh=0.0"])
     model = build_model(cfg).eval()
     export_onnx(model, cfg, tmp_path / "fast.onnx")
+    assert "MaxRoiPool" in {n.op_type for n in onnx.load(str(tmp_path / "fast.onnx")).graph.node}  # Fast R-CNN's pool
     onnx_model, _ = load_model(tmp_path / "fast.onnx")
     image = torch.rand(3, 130, 170)
     proposals = torch.tensor([[10.0, 10, 60, 80], [50, 20, 160, 120], [0, 0, 30, 30], [5, 5, 5, 9]])  # one empty
