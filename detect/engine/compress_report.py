@@ -6,7 +6,8 @@ sparsities, one shot and (optionally) fine-tuned, each evaluated on the checkpoi
 Fisher), of fc6 / fc7 parameters removed by the SVD ranks (svd). ``fc_removed`` puts them on one
 axis: the share of fc6 / fc7 parameters gone (unit pruning at 0.75 removes 75% of fc6's and 94% of
 fc7's). Latency: the box head and predictor on ``num_rois`` RoIs (best of five), and the whole
-network per test image as the evaluator measured it. Size: the checkpoint's weights as saved.
+network per test image as the evaluator measured it over the test set (after a warm-up evaluation of
+the original). Size: the checkpoint's weights as saved.
 """
 from __future__ import annotations
 
@@ -81,6 +82,7 @@ def compression_report(checkpoint, output, sparsities: Sequence[float] = (0.5, 0
     if not unit_layers(base):
         raise ConfigError(f"{checkpoint}: no unfactorised fully connected head to compress (svd_ranks "
                          f"{list(cfg.model.roi_head.svd_ranks)}, box head {cfg.model.roi_head.box_head})")
+    _measure(base, cfg, device, num_rois)  # warm-up: the first evaluation of a process runs slower
     reference = {"method": "none", "sparsity": 0.0, "finetune_minutes": 0.0, **_measure(base, cfg, device, num_rois)}
     rows = [reference]
     for method in methods:

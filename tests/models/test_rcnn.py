@@ -7,6 +7,8 @@ import torch
 
 from detect.config import load_config
 from detect.engine.checkpoint import load_model
+from detect.engine.evaluation import evaluate
+from detect.engine.prune import PruneSpec, prune_checkpoint
 from detect.engine.rcnn import extract_features
 from detect.engine.svm import mine_hard_negatives, ridge_regression, train_linear_svm, train_svm_with_hard_negatives
 from detect.engine.trainer import train
@@ -119,3 +121,12 @@ def test_tiny_rcnn_learns_shapes_and_box_regression_is_used(shapes_with_proposal
     model, mcfg = load_model(tmp_path / "model_final.pth")
     assert bool(model.svm_fitted) and bool(model.bbox_fitted)
     assert (tmp_path / "rcnn_features" / "index.json").is_file()
+
+    # unit pruning of the crop network's fc while fine-tuning: the SVMs and regressors are fitted
+    # again on the new features, and the checkpoint rebuilds with the new width
+    out = prune_checkpoint(tmp_path / "model_final.pth", PruneSpec("unit", 0.5, finetune_minutes=0.05),
+                           tmp_path / "pruned.pth")
+    assert out["info"]["layers"]["fc"] == {"units": 128, "kept": 64} and out["info"]["finetune"]["iterations"] > 0
+    pruned, pcfg = load_model(tmp_path / "pruned.pth")
+    assert pcfg.model.rcnn.fc_dim == 64 and pruned.svm_weight.shape == (3, 64) and bool(pruned.svm_fitted)
+    assert evaluate(pruned, pcfg, torch.device("cpu"), output_dir=None, progress=False)["coco"]["AP50"] >= 0.5
