@@ -8,6 +8,7 @@
   python tools/benchmark.py stages --data configs/datasets/bccd.yaml --budget 15 --output-dir runs/stages_bccd
   python tools/benchmark.py deploy --checkpoint runs/frcnn_bccd/model_final.pth --output-dir runs/deploy_bccd
   python tools/benchmark.py infer --checkpoint runs/frcnn_bccd/model_final.pth --input datasets/BCCD/JPEGImages --limit 72
+  python tools/benchmark.py ops
 """
 from __future__ import annotations
 
@@ -92,6 +93,16 @@ def cmd_deploy(args) -> int:
     return 0
 
 
+def cmd_ops(args) -> int:
+    from detect.benchmark.ops import format_ops, run_ops_benchmark
+
+    result = run_ops_benchmark(args.rounds, args.repeats)
+    print(format_ops(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
 def cmd_stages(args) -> int:
     from detect.benchmark.stages import STAGES, format_table, run_stages
     from detect.errors import ConfigError
@@ -148,6 +159,11 @@ def main(argv=None) -> int:
     p.add_argument("--json")
     p.add_argument("overrides", nargs="*", help="key=value for every stage's config")
     p.set_defaults(func=cmd_stages)
+    p = sub.add_parser("ops", help="the package's CPU RoI align / max pool kernels against torchvision's")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=10, help="calls per round")
+    p.add_argument("--json")
+    p.set_defaults(func=cmd_ops)
     p = sub.add_parser("deploy", help="PyTorch eager, ONNX Runtime fp32 and int8, torchvision: ms, AP, size")
     p.add_argument("--checkpoint", required=True, help="a Faster R-CNN checkpoint (.pth)")
     p.add_argument("--output-dir", default="runs/deploy", help="where the exported models go")

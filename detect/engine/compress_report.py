@@ -81,7 +81,7 @@ def compression_report(checkpoint, output, sparsities: Sequence[float] = (0.5, 0
     device = resolve_device(cfg.device)
     if not unit_layers(base):
         raise ConfigError(f"{checkpoint}: no unfactorised fully connected head to compress (svd_ranks "
-                         f"{list(cfg.model.roi_head.svd_ranks)}, box head {cfg.model.roi_head.box_head})")
+                          f"{list(cfg.model.roi_head.svd_ranks)}, box head {cfg.model.roi_head.box_head})")
     _measure(base, cfg, device, num_rois)  # warm-up: the first evaluation of a process runs slower
     reference = {"method": "none", "sparsity": 0.0, "finetune_minutes": 0.0, **_measure(base, cfg, device, num_rois)}
     rows = [reference]

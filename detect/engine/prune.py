@@ -68,7 +68,7 @@ class PruneSpec:
             raise ConfigError(f"fine-tuning minutes must be >= 0, got {self.finetune_minutes}")
         if not 0.0 < self.prune_end <= 1.0 or self.prune_steps < 1:
             raise ConfigError(f"the schedule needs 0 < prune_end <= 1 and prune_steps >= 1 "
-                             f"(got {self.prune_end}, {self.prune_steps})")
+                              f"(got {self.prune_end}, {self.prune_steps})")
 
 
 class WeightPruner:
@@ -150,14 +150,14 @@ def _check_layers(model: torch.nn.Module, spec: PruneSpec, cfg, checkpoint) -> L
                f"before compressing" if list(getattr(cfg.model.roi_head, "svd_ranks", [])) else
                "the model has no fully connected head (box_head=res5?)")
         raise ConfigError(f"{checkpoint}: no fully connected layer to prune: {why}; weight pruning takes --layers "
-                         f"with module paths")
+                          f"with module paths")
     if spec.method == "weight":
         weight_targets(model, layers)  # refuses unknown names with the list
         return layers
     unknown = [n for n in layers if n not in units]
     if unknown:
         raise ConfigError(f"{spec.method} pruning removes units of {', '.join(units) or 'no layer of this model'}; "
-                         f"not of {', '.join(map(repr, unknown))}")
+                          f"not of {', '.join(map(repr, unknown))}")
     for alias in layers:
         width = units[alias].layer.out_features
         removed = int(round(spec.sparsity * width))
@@ -209,6 +209,8 @@ def _finetune(model, cfg, trainer, pruner, spec: PruneSpec, workdir: Path, progr
         trainer.run_step(images, targets, lr0 * 0.5 * (1.0 + math.cos(math.pi * done)))
         pruner.after_step()
         iterations += 1
+    if iterations == 0 and isinstance(pruner, UnitPruner) and pruner.masks.score:  # a budget shorter than one step
+        _score_one_shot(model, trainer, pruner, spec.score_batches)
     pruner.apply(spec.sparsity)  # a budget too short for the schedule still ends at the sparsity asked for
     if trainer.stage.after_training:  # R-CNN: its SVMs and box regressors read the changed features
         module, _, function = trainer.stage.after_training.partition(":")

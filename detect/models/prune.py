@@ -29,15 +29,13 @@ from torch import nn
 
 from detect.errors import ConfigError
 
-UNIT_CRITERIA = ("l2", "l1", "activation", "fisher")
-
-
 @dataclass
 class UnitLayer:
     """A fully connected layer whose units can be removed, and the tensors that read its output.
 
-    ``readers``: ``(module, attribute, dim)``: ``getattr(module, attribute)`` indexes the layer's
-    units along ``dim`` (R-CNN's box regressors also hold a bias row after the units: ``extra``).
+    ``readers``: ``(module, attribute, dim, extra)``: ``getattr(module, attribute)`` indexes the
+    layer's units along ``dim``, followed by ``extra`` entries that stay (R-CNN's box regressors hold
+    a bias row after the units).
     """
 
     alias: str
@@ -64,10 +62,6 @@ def unit_layers(model: nn.Module) -> Dict[str, UnitLayer]:
         out["fc"] = UnitLayer("fc", "fc", model.fc, [(model.cls_score, "weight", 1, 0), (model, "svm_weight", 1, 0),
                                                      (model, "bbox_weight", 1, 1)])
     return out
-
-
-def unit_widths(model: nn.Module) -> Dict[str, int]:
-    return {name: u.layer.out_features for name, u in unit_layers(model).items()}
 
 
 @torch.no_grad()
@@ -107,7 +101,7 @@ class UnitMasks:
 
     def __init__(self, units: Dict[str, UnitLayer], score: Optional[str] = None):
         if score not in (None, "activation", "fisher"):
-            raise ConfigError(f"UnitMasks scores 'activation' or 'fisher', not {score!r}")
+            raise ValueError(f"UnitMasks scores 'activation' or 'fisher', not {score!r}")
         self.units = units
         self.score = score
         self.masks = {a: torch.ones(u.layer.out_features, device=u.layer.weight.device) for a, u in units.items()}
@@ -185,8 +179,8 @@ def weight_targets(model: nn.Module, layers: Sequence[str]) -> Dict[str, nn.Modu
         if path not in prunable:
             examples = ", ".join(list(prunable)[:4])
             raise ConfigError(f"no prunable layer {name!r} in this model: prunable layers are "
-                             f"{', '.join(aliases) or '(no fully connected head)'} and any of its "
-                             f"{len(prunable)} Linear / Conv2d modules by path (e.g. {examples})")
+                              f"{', '.join(aliases) or '(no fully connected head)'} and any of its "
+                              f"{len(prunable)} Linear / Conv2d modules by path (e.g. {examples})")
         out[path] = prunable[path]
     return out
 
