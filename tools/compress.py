@@ -41,7 +41,7 @@ def _print_head(before, after, num_rois: int) -> None:
     t0, t1 = time_box_head(before, num_rois), time_box_head(after, num_rois)
     p0, p1 = parameter_count(before), parameter_count(after)
     print(f"box head + predictor on {num_rois} RoIs: {t0 * 1000:.1f} ms -> {t1 * 1000:.1f} ms ({t1 / t0:.2f}x); "
-          f"parameters {p0 / 1e6:.2f} M -> {p1 / 1e6:.2f} M")
+          f"model parameters {p0 / 1e6:.2f} M -> {p1 / 1e6:.2f} M")
 
 
 def svd(argv) -> int:
