@@ -34,6 +34,24 @@ def shapes_dir(tmp_path_factory) -> Path:
     return generate_dataset(out, num_train=12, num_test=4, seed=0, long_side=96)
 
 
+@pytest.fixture(scope="session")
+def tiny_frcnn(tmp_path_factory, shapes_dir) -> Path:
+    """The checkpoint of a tiny Faster R-CNN (the quickstart's config, fc 64) trained 40 iterations on
+    ``shapes_dir``: distinct scores, so its detections have an order. Tests read it, never write it."""
+    from detect.config import load_config
+    from detect.engine.trainer import train
+
+    out = tmp_path_factory.mktemp("tiny_frcnn")
+    cfg = load_config("configs/faster_rcnn/shapes.yaml", [
+        f"data.train.ann_file={shapes_dir}/train.json", f"data.train.img_dir={shapes_dir}/images",
+        f"data.test.ann_file={shapes_dir}/test.json", f"data.test.img_dir={shapes_dir}/images",
+        "train.max_iter=40", "train.eval_period=0", "train.checkpoint_period=0", "data.num_workers=0",
+        "model.roi_head.fc_dim=64", "input.min_size=96", "input.min_size_test=128", "input.max_size=192",
+        "device=cpu"])
+    train(cfg, out, progress=False)
+    return out / "model_final.pth"
+
+
 @pytest.fixture
 def coco_dir(tmp_path) -> Path:
     """Two 100x80 images; annotations with a normal box, a degenerate one, one reaching outside the

@@ -44,15 +44,19 @@ def _print_head(before, after, num_rois: int) -> None:
           f"model parameters {p0 / 1e6:.2f} M -> {p1 / 1e6:.2f} M")
 
 
+def _output_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--eval", action="store_true", help="evaluate both on the config's test set")
+    parser.add_argument("--num-rois", type=int, default=2000, help="RoIs the box head is timed on")
+    parser.add_argument("overrides", nargs="*")
+
+
 def svd(argv) -> int:
     parser = argparse.ArgumentParser(prog="compress.py svd", description="truncated SVD of fc6 / fc7")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--ranks", type=int, nargs=2, required=True, metavar=("FC6", "FC7"),
                         help="singular values kept for fc6 and fc7 (0 leaves a layer as it is)")
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--eval", action="store_true", help="evaluate both on the config's test set")
-    parser.add_argument("--num-rois", type=int, default=2000)
-    parser.add_argument("overrides", nargs="*")
+    _output_arguments(parser)
     args = parser.parse_args(argv)
     out = compress_checkpoint(args.checkpoint, args.ranks, args.output, args.overrides)
     print(f"wrote {args.output}")
@@ -81,10 +85,7 @@ def prune(argv) -> int:
     parser.add_argument("--lr", type=float, default=None, help="fine-tuning's first learning rate (train.lr x gamma)")
     parser.add_argument("--score-batches", type=int, default=20,
                         help="one shot: training batches that score units by activation or Fisher information")
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--eval", action="store_true", help="evaluate both on the config's test set")
-    parser.add_argument("--num-rois", type=int, default=2000)
-    parser.add_argument("overrides", nargs="*")
+    _output_arguments(parser)
     args = parser.parse_args(argv)
     spec = PruneSpec(args.method, args.sparsity, args.layers, args.scope, args.criterion, args.finetune_minutes,
                      args.lr, args.score_batches)

@@ -18,7 +18,6 @@ from detect.engine.evaluation import evaluate
 from detect.engine.export import check_exportable, export_onnx
 from detect.engine.predictor import Predictor
 from detect.engine.quantize import calibration_images, quantize_onnx
-from detect.engine.trainer import train
 from detect.errors import CheckpointError
 from detect.models import build_model
 
@@ -26,18 +25,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, shapes_dir):
-    """A tiny Faster R-CNN trained a little on the shapes (distinct scores, so detections have an
-    order), its checkpoint and its export."""
-    out = tmp_path_factory.mktemp("run")
-    cfg = load_config("configs/faster_rcnn/shapes.yaml", [
-        f"data.train.ann_file={shapes_dir}/train.json", f"data.train.img_dir={shapes_dir}/images",
-        f"data.test.ann_file={shapes_dir}/test.json", f"data.test.img_dir={shapes_dir}/images",
-        "train.max_iter=40", "train.eval_period=0", "train.checkpoint_period=0", "data.num_workers=0",
-        "model.roi_head.fc_dim=64", "input.min_size=96", "input.min_size_test=128", "input.max_size=192",
-        "device=cpu"])
-    train(cfg, out, progress=False)
-    ckpt = out / "model_final.pth"
+def trained(tmp_path_factory, shapes_dir, tiny_frcnn):
+    """The tiny trained Faster R-CNN (distinct scores, so detections have an order), its checkpoint
+    and its export."""
+    out = tmp_path_factory.mktemp("export")
+    ckpt = tiny_frcnn
     model, cfg = load_model(ckpt)
     summary = export_onnx(model, cfg, out / "model.onnx")
     return {"checkpoint": ckpt, "onnx": out / "model.onnx", "summary": summary, "data": shapes_dir}

@@ -16,7 +16,6 @@ from detect.engine.compress_report import compression_report
 from detect.engine.evaluation import evaluate
 from detect.engine.predictor import Predictor
 from detect.engine.prune import PruneSpec, prune_checkpoint, prune_model
-from detect.engine.trainer import train
 from detect.models import build_model
 from detect.models.prune import UnitMasks, lowest, unit_layers, weight_norm_scores
 
@@ -24,16 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, shapes_dir):
-    out = tmp_path_factory.mktemp("run")
-    cfg = load_config("configs/faster_rcnn/shapes.yaml", [
-        f"data.train.ann_file={shapes_dir}/train.json", f"data.train.img_dir={shapes_dir}/images",
-        f"data.test.ann_file={shapes_dir}/test.json", f"data.test.img_dir={shapes_dir}/images",
-        "train.max_iter=40", "train.eval_period=0", "train.checkpoint_period=0", "data.num_workers=0",
-        "model.roi_head.fc_dim=64", "input.min_size=96", "input.min_size_test=128", "input.max_size=192",
-        "device=cpu"])
-    train(cfg, out, progress=False)
-    return {"checkpoint": out / "model_final.pth", "data": shapes_dir}
+def trained(tiny_frcnn, shapes_dir):
+    return {"checkpoint": tiny_frcnn, "data": shapes_dir}
 
 
 def _image(data: Path) -> torch.Tensor:
