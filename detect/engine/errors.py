@@ -188,7 +188,7 @@ def confusion_matrix(gt: Dict[str, Any], results: Sequence[Dict[str, Any]], iou:
     per image, best score first, each detection takes the free ground-truth box (any class) it
     overlaps most at IoU >= ``iou``. ``matrix[i][j]``: boxes of class ``i`` detected as class ``j``;
     the last row and column are background (a detection of nothing, a box nobody detected).
-    Detections inside crowd / ignore regions count nowhere. Returns ``{"classes", "matrix"}``."""
+    Detections inside crowd regions (``iscrowd``, as pycocotools reads them) count nowhere. Returns ``{"classes", "matrix"}``."""
     cats = [c["id"] for c in gt["categories"]]
     index = {c: k for k, c in enumerate(cats)}
     bg = len(cats)
@@ -203,7 +203,7 @@ def confusion_matrix(gt: Dict[str, Any], results: Sequence[Dict[str, Any]], iou:
     for image in gt["images"]:
         gts = anns.get(image["id"], [])
         ds = sorted(dets.get(image["id"], []), key=lambda d: -d["score"])
-        crowd = [int(bool(g.get("iscrowd", 0) or g.get("ignore", 0))) for g in gts]
+        crowd = [int(bool(g.get("iscrowd", 0))) for g in gts]
         ious = np.asarray(mask_utils.iou([d["bbox"] for d in ds], [g["bbox"] for g in gts], crowd)) \
             if ds and gts else np.zeros((len(ds), len(gts)))
         free = [not c for c in crowd]

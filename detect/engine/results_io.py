@@ -24,13 +24,14 @@ def _read_json(path: Union[str, Path], what: str):
 
 
 def load_ground_truth(path: Union[str, Path]) -> Dict[str, Any]:
-    """A COCO ground-truth dict, with ``area`` and ``iscrowd`` filled in where the file has none."""
+    """A COCO ground-truth dict, with ``area`` and ``iscrowd`` filled in where the file has none; an
+    ``ignore`` flag marks a crowd box, as the package's COCO reader treats it (``detect.data.coco``)."""
     gt = _read_json(path, "ground-truth")
     if not isinstance(gt, dict) or not all(isinstance(gt.get(k), list) for k in ("images", "annotations", "categories")):
         raise DatasetError(f"{path}: a COCO ground-truth file needs the lists 'images', 'annotations' and "
                            f"'categories'")
     for ann in gt["annotations"]:
-        ann.setdefault("iscrowd", 0)
+        ann["iscrowd"] = int(bool(ann.get("iscrowd", 0) or ann.get("ignore", 0)))
         ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))
     return gt
 

@@ -102,3 +102,23 @@ def test_confusion_matrix_counts_each_box_once():
     assert c["matrix"] == [[1, 0, 1],
                            [1, 1, 1],
                            [3, 0, 0]]
+
+
+def test_an_ignore_flag_is_a_crowd_region_for_the_errors_and_the_confusion_matrix(tmp_path):
+    """A ground-truth file read for --detections marks ``ignore`` boxes crowd, as the dataset reader
+    does: a detection on one is neither a background error nor a background row of the matrix."""
+    import json
+
+    from detect.engine.errors import confusion_matrix
+    from detect.engine.results_io import load_ground_truth
+
+    raw = {"images": [{"id": 1, "width": 100, "height": 100}], "categories": [{"id": 1, "name": "a"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20]},
+                           {"id": 2, "image_id": 1, "category_id": 1, "bbox": [60, 60, 30, 30], "ignore": 1}]}
+    (tmp_path / "gt.json").write_text(json.dumps(raw))
+    gt = load_ground_truth(tmp_path / "gt.json")
+    assert [a["iscrowd"] for a in gt["annotations"]] == [0, 1]
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.9},
+            {"image_id": 1, "category_id": 1, "bbox": [61, 61, 28, 28], "score": 0.8}]
+    assert analyse_errors(gt, dets)["counts"]["bkg"] == 0
+    assert confusion_matrix(gt, dets)["matrix"] == [[1, 0], [0, 0]]
