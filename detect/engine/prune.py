@@ -182,11 +182,7 @@ def _score_one_shot(model, trainer, pruner: UnitPruner, batches: int) -> None:
     loader = iter(trainer._loader())
     model.train()
     for _ in range(batches):
-        images, targets = next(loader)
-        trainer._note_unreadable(targets)
-        images = [im.to(trainer.device) for im in images]
-        targets = [{k: (v.to(trainer.device) if isinstance(v, torch.Tensor) else v) for k, v in t.items()} for t in targets]
-        sum(model(images, targets).values()).backward()
+        sum(trainer.forward_losses(*next(loader)).values()).backward()
         model.zero_grad(set_to_none=True)
 
 

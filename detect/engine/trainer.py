@@ -326,16 +326,21 @@ class Trainer:
             write_last_checkpoint(self.output_dir, name)
         self.last_checkpoint = self.output_dir / name  # every rank names it in its messages
 
-    def run_step(self, images: List[torch.Tensor], targets: List[Dict[str, Any]], lr: float) -> Dict[str, float]:
-        """One optimisation step on a batch at learning rate ``lr``; returns the losses (mean over the
-        processes) by name, ``"loss"`` their sum. A loss that is not finite raises TrainingDiverged."""
+    def forward_losses(self, images: List[torch.Tensor], targets: List[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
+        """The model's training losses on a batch from the loader (unreadable images reported, tensors
+        moved to the device, autocast as configured); no backward pass."""
         self._note_unreadable(targets)
         images = [im.to(self.device, non_blocking=True) for im in images]
         targets = [{k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in t.items()} for t in targets]
+        with torch.autocast(self.device.type, enabled=self.use_amp):
+            return self.ddp_model(images, targets)
+
+    def run_step(self, images: List[torch.Tensor], targets: List[Dict[str, Any]], lr: float) -> Dict[str, float]:
+        """One optimisation step on a batch at learning rate ``lr``; returns the losses (mean over the
+        processes) by name, ``"loss"`` their sum. A loss that is not finite raises TrainingDiverged."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with torch.autocast(self.device.type, enabled=self.use_amp):
-            losses = self.ddp_model(images, targets)
+        losses = self.forward_losses(images, targets)
         loss = sum(losses.values())
         # Averaged over the processes before the backward pass: a NaN on one rank reaches all of
         # them, so all stop here together instead of the others waiting in DDP's gradient all-reduce.
