@@ -19,14 +19,13 @@ import sys
 
 from detect.engine.compress import compress_checkpoint, parameter_count, time_box_head
 from detect.engine.device import resolve_device
+from detect.engine.evaluation import evaluate
 from detect.utils.cli import run_cli, setup_logging
 
 COMMANDS = ("svd", "prune", "report")
 
 
 def _evaluate_both(before, after, cfg) -> None:
-    from detect.engine.trainer import evaluate
-
     device = resolve_device(cfg.device)
     rows = []
     for name, model in (("original", before), ("compressed", after)):

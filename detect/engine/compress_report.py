@@ -23,6 +23,7 @@ import torch
 from detect.engine.checkpoint import load_model, pack_sparse
 from detect.engine.compress import time_box_head
 from detect.engine.device import resolve_device
+from detect.engine.evaluation import evaluate
 from detect.engine.prune import PruneSpec, prune_model
 from detect.errors import ConfigError
 from detect.models.prune import unit_layers
@@ -57,8 +58,6 @@ def _saved_bytes(model: torch.nn.Module) -> int:
 
 
 def _measure(model, cfg, device, num_rois: int) -> Dict[str, Any]:
-    from detect.engine.trainer import evaluate  # evaluation runs the test loader of the training engine
-
     metrics = evaluate(model.to(device).eval(), cfg, device, output_dir=None, progress=False)
     row = {"AP": metrics["coco"]["AP"], "AP50": metrics["coco"]["AP50"],
            "model_ms": 1000.0 * metrics["timing"]["network_seconds_per_image"],
