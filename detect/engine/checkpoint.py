@@ -211,7 +211,9 @@ def load_model(path: Union[str, Path], config: Optional[Union[str, Path]] = None
         raw = state.get("config")
         if not isinstance(raw, dict):
             raise CheckpointError(f"{path}: the checkpoint holds no config; pass --config")
-        data = copy.deepcopy(raw)  # the stored config stays as saved, for the match check below
+        # the defaults first (the stored config stays as saved, for the match check below): a
+        # checkpoint written before a key existed still takes that key as an override
+        data = config_from_dict(copy.deepcopy(raw), source=f"config stored in {path}").to_dict()
         apply_overrides(data, overrides)
         cfg = config_from_dict(data, source=f"config stored in {path}")
     if not cfg.data.classes:

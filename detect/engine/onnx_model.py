@@ -129,7 +129,8 @@ def load_onnx(path: Union[str, Path], config: Optional[Union[str, Path]] = None,
         raise CheckpointError(f"{path}: an ONNX model carries its config; pass overrides (key=value) instead of "
                               f"--config")
     stored = json.loads(meta["detect.config"])
-    data = copy.deepcopy(stored)
+    # the defaults first: a model exported before a key existed still takes that key as an override
+    data = config_from_dict(copy.deepcopy(stored), source=f"config stored in {path}").to_dict()
     apply_overrides(data, list(overrides))
     cfg = config_from_dict(data, source=f"config stored in {path}")
     exported_thresh = float(stored["model"]["roi_head"]["score_thresh"])
