@@ -80,6 +80,8 @@ DEFAULTS: Dict[str, Any] = {
             "score_thresh": 0.05,
             "nms_thresh": 0.5,
             "detections_per_image": 100,
+            "box_vote_iou": 0.0,   # > 0: refine each detection by box voting at this IoU (0: off)
+            "soft_nms_sigma": 0.0,  # > 0: Gaussian Soft-NMS with this sigma instead of NMS (0: NMS)
             "svd_ranks": [],       # [fc6, fc7] ranks of a truncated-SVD compressed head (tools/compress.py)
             "fc_units": [],        # [fc6, fc7] widths left by unit pruning (tools/compress.py prune); [] = fc_dim
         },

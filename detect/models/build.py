@@ -91,7 +91,8 @@ def build_roi_head(cfg, backbone: Backbone, num_classes: int) -> RoIHead:
     return RoIHead(pooler, box_head, BoxPredictor(box_head.out_channels, num_classes),
                    Matcher(thresholds, labels), BalancedSampler(h.batch_size_per_image, h.positive_fraction),
                    BoxCoder(h.bbox_reg_weights), score_thresh=h.score_thresh, nms_thresh=h.nms_thresh,
-                   detections_per_image=h.detections_per_image, smooth_l1_beta=h.smooth_l1_beta)
+                   detections_per_image=h.detections_per_image, smooth_l1_beta=h.smooth_l1_beta,
+                   box_vote_iou=h.box_vote_iou, soft_nms_sigma=h.soft_nms_sigma)
 
 
 def build_model(cfg):

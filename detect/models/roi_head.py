@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detect.ops import BalancedSampler, BoxCoder, Matcher, RoIPooler, batched_nms, clip_boxes, nonempty_boxes
+from detect.ops import (BalancedSampler, BoxCoder, Matcher, RoIPooler, batched_nms, box_voting, clip_boxes,
+                        nonempty_boxes, soft_nms)
 
 ImageSize = Tuple[int, int]
 
@@ -50,9 +51,13 @@ def sample_proposals(proposals: torch.Tensor, target: Dict[str, torch.Tensor], m
 
 
 def select_detections(boxes: torch.Tensor, scores: torch.Tensor, size: ImageSize, score_thresh: float,
-                      nms_thresh: float, detections_per_image: int) -> Dict[str, torch.Tensor]:
+                      nms_thresh: float, detections_per_image: int, vote_iou: float = 0.0,
+                      soft_nms_sigma: float = 0.0) -> Dict[str, torch.Tensor]:
     """One image's detections from per-class boxes ``(R, C, 4)`` and scores ``(R, C)``: clip, drop
-    low scores and empty boxes, per-class NMS, keep the best ``detections_per_image``."""
+    low scores and empty boxes, per-class NMS, keep the best ``detections_per_image``; with
+    ``vote_iou`` > 0 each kept box is refined by box voting with the candidates of its class that
+    overlap it at that IoU (:func:`detect.ops.box_voting`); with ``soft_nms_sigma`` > 0, Gaussian
+    Soft-NMS replaces NMS (:func:`detect.ops.soft_nms`; ``nms_thresh`` is then unused)."""
     n, num_classes = scores.shape
     boxes = clip_boxes(boxes.reshape(-1, 4), size).view(n, num_classes, 4)
     labels = torch.arange(1, num_classes + 1, device=scores.device).expand(n, -1)
@@ -60,8 +65,15 @@ def select_detections(boxes: torch.Tensor, scores: torch.Tensor, size: ImageSize
     boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     nonempty = nonempty_boxes(boxes, min_size=1e-2)
     boxes, scores, labels = boxes[nonempty], scores[nonempty], labels[nonempty]
-    keep = batched_nms(boxes, scores, labels, nms_thresh, max_keep=detections_per_image)
-    return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+    if soft_nms_sigma > 0:
+        keep, kept_scores = soft_nms(boxes, scores, labels, soft_nms_sigma, score_thresh, detections_per_image)
+    else:
+        keep = batched_nms(boxes, scores, labels, nms_thresh, max_keep=detections_per_image)
+        kept_scores = scores[keep]
+    kept = boxes[keep]
+    if vote_iou > 0:
+        kept = box_voting(kept, labels[keep], boxes, scores, labels, vote_iou)
+    return {"boxes": kept, "scores": kept_scores, "labels": labels[keep]}
 
 
 class TwoFCHead(nn.Module):
@@ -120,13 +132,15 @@ class RoIHead(nn.Module):
         sampler: RoIs per image and foreground fraction (512 / 0.25; Fast R-CNN 64 / 0.25).
         box_coder: the R-CNN coder with weights (10, 10, 5, 5).
         score_thresh, nms_thresh, detections_per_image: inference post-processing.
+        box_vote_iou: > 0 refines each detection by box voting at this IoU (:func:`select_detections`).
+        soft_nms_sigma: > 0 runs Gaussian Soft-NMS with this sigma instead of NMS.
         add_gt_as_proposals: add the ground-truth boxes to the proposals when training (both papers).
     """
 
     def __init__(self, pooler: RoIPooler, box_head: nn.Module, predictor: BoxPredictor, matcher: Matcher,
                  sampler: BalancedSampler, box_coder: BoxCoder, score_thresh: float = 0.05,
                  nms_thresh: float = 0.5, detections_per_image: int = 100, smooth_l1_beta: float = 1.0,
-                 add_gt_as_proposals: bool = True):
+                 add_gt_as_proposals: bool = True, box_vote_iou: float = 0.0, soft_nms_sigma: float = 0.0):
         super().__init__()
         self.pooler = pooler
         self.box_head = box_head
@@ -139,6 +153,8 @@ class RoIHead(nn.Module):
         self.detections_per_image = detections_per_image
         self.smooth_l1_beta = smooth_l1_beta
         self.add_gt_as_proposals = add_gt_as_proposals
+        self.box_vote_iou = box_vote_iou
+        self.soft_nms_sigma = soft_nms_sigma
         # without gradients, pool and classify at most this many bytes of pooled features per call
         # (0: all RoIs at once); set by the inference runtime where it pays (detect.engine.runtime)
         self.predict_chunk_bytes = 0
@@ -227,6 +243,7 @@ class RoIHead(nn.Module):
             n = props.shape[0]
             boxes = boxes_all[start:start + n].view(n, -1, 4)[:, 1:]
             results.append(select_detections(boxes, scores_all[start:start + n, 1:], size, self.score_thresh,
-                                             self.nms_thresh, self.detections_per_image))
+                                             self.nms_thresh, self.detections_per_image, self.box_vote_iou,
+                                             self.soft_nms_sigma))
             start += n
         return results

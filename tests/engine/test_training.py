@@ -8,7 +8,8 @@ import torch
 
 from detect.config import load_config
 from detect.data.synthetic import generate_dataset
-from detect.engine.checkpoint import CheckpointError, find_last_checkpoint, load_checkpoint, load_model
+from detect.engine.checkpoint import (CheckpointError, find_last_checkpoint, load_checkpoint, load_model,
+                                     save_checkpoint)
 from detect.engine.trainer import TrainingDiverged, Trainer, train
 
 
@@ -120,6 +121,12 @@ def test_checkpoint_cannot_run_code_and_mismatch_is_refused(four_images, tmp_pat
     with pytest.raises(CheckpointError, match="3 classes"):
         load_model(tmp_path / "run" / "model_final.pth", config="configs/faster_rcnn/shapes.yaml",
                    overrides=["data.classes=[a,b]"])
+    # a checkpoint written before a config key existed still takes that key as an override
+    old = load_checkpoint(tmp_path / "run" / "model_final.pth")
+    del old["config"]["model"]["roi_head"]["box_vote_iou"]
+    save_checkpoint(tmp_path / "old.pth", old)
+    _, old_cfg = load_model(tmp_path / "old.pth", overrides=["model.roi_head.box_vote_iou=0.8"])
+    assert old_cfg.model.roi_head.box_vote_iou == 0.8
 
 
 def test_transfer_weights_reinitialise_the_class_layers(four_images, tmp_path, caplog):

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -5,7 +7,7 @@ import torch.nn.functional as F
 from detect.config import load_config
 from detect.engine.runtime import run_model
 from detect.models import build_model
-from detect.models.roi_head import BoxPredictor, RoIHead, TwoFCHead
+from detect.models.roi_head import BoxPredictor, RoIHead, TwoFCHead, select_detections
 from detect.ops import BalancedSampler, BoxCoder, Matcher, RoIPooler
 
 
@@ -45,6 +47,23 @@ def test_roi_losses_by_hand():
     assert losses["loss_cls"].item() == pytest.approx(F.cross_entropy(logits, labels).item())
     # smooth L1 (beta 1): 0.5 * 0.5^2 + (2 - 0.5) = 1.625, summed over the foreground, / 2 sampled RoIs.
     assert losses["loss_box"].item() == pytest.approx(1.625 / 2)
+
+
+def test_select_detections_with_box_voting_and_soft_nms():
+    # two RoIs, one class: boxes at IoU 90 / 110 = 0.818 with scores 0.9 and 0.6
+    boxes = torch.tensor([[[0.0, 0.0, 10.0, 10.0]], [[1.0, 0.0, 11.0, 10.0]]])
+    scores = torch.tensor([[0.9], [0.6]])
+    hard = select_detections(boxes, scores, (20, 20), 0.05, 0.5, 100)
+    assert hard["boxes"].tolist() == [[0.0, 0.0, 10.0, 10.0]] and hard["labels"].tolist() == [1]
+    voted = select_detections(boxes, scores, (20, 20), 0.05, 0.5, 100, vote_iou=0.8)
+    torch.testing.assert_close(voted["boxes"], torch.tensor([[0.6 / 1.5, 0.0, 10.0 + 0.6 / 1.5, 10.0]]))
+    torch.testing.assert_close(voted["scores"], torch.tensor([0.9]))  # voting moves boxes, not scores
+    soft = select_detections(boxes, scores, (20, 20), 0.05, 0.5, 100, soft_nms_sigma=0.5)
+    assert soft["boxes"].tolist() == [[0.0, 0.0, 10.0, 10.0], [1.0, 0.0, 11.0, 10.0]]
+    torch.testing.assert_close(soft["scores"], torch.tensor([0.9, 0.6 * math.exp(-(90 / 110) ** 2 / 0.5)]))
+    # the config keys reach the head
+    head = build_model(tiny_cfg("model.roi_head.box_vote_iou=0.8", "model.roi_head.soft_nms_sigma=0.5")).roi_head
+    assert (head.box_vote_iou, head.soft_nms_sigma) == (0.8, 0.5)
 
 
 def test_empty_target_image_trains_as_negative():

@@ -1,7 +1,9 @@
+import math
+
 import pytest
 import torch
 
-from detect.ops import RoIPooler, assign_fpn_levels, batched_nms, nms
+from detect.ops import RoIPooler, assign_fpn_levels, batched_nms, box_voting, nms, soft_nms
 
 
 def test_nms_per_class():
@@ -12,6 +14,44 @@ def test_nms_per_class():
     # box 1 overlaps box 0 at IoU 9/11 > 0.5 (same class) -> dropped; box 2 is another class.
     assert batched_nms(boxes, scores, labels, 0.5).tolist() == [0, 2, 3]
     assert nms(boxes, scores, 0.5).tolist() == [0, 3]
+
+
+def test_box_voting_by_hand():
+    # the kept box, two same-class boxes overlapping it at IoU 0.818 and 0.833, one at 0.333 (below the
+    # threshold), one of another class on top of it, and one far away
+    boxes = torch.tensor([[0., 0, 10, 10], [1, 0, 11, 10], [0, 0, 10, 12], [5, 0, 15, 10], [0, 0, 10, 10],
+                          [20, 20, 30, 30]])
+    scores = torch.tensor([0.9, 0.6, 0.3, 0.8, 0.95, 0.8])
+    labels = torch.tensor([1, 1, 1, 1, 2, 1])
+    kept = box_voting(boxes[[0, 5]], labels[[0, 5]], boxes, scores, labels, 0.8)
+    # (0 * 0.9 + 1 * 0.6 + 0 * 0.3) / 1.8 = 1 / 3; (10 * 0.9 + 11 * 0.6 + 10 * 0.3) / 1.8 = 31 / 3; the same for y2
+    torch.testing.assert_close(kept, torch.tensor([[1 / 3, 0, 31 / 3, 31 / 3], [20, 20, 30, 30]]))
+    # a kept box that is not among the candidates and overlaps none of them stays; no kept box at all
+    lonely = torch.tensor([[50., 50, 60, 60]])
+    assert torch.equal(box_voting(lonely, torch.tensor([1]), boxes, scores, labels, 0.8), lonely)
+    assert box_voting(boxes[:0], labels[:0], boxes, scores, labels, 0.8).shape == (0, 4)
+
+
+def test_soft_nms_by_hand():
+    # box 1 overlaps box 0 at IoU 90 / 110 and box 3 at 60 / 140, box 3 overlaps box 0 at 50 / 150, box 2
+    # is another class on top of box 0
+    boxes = torch.tensor([[0., 0, 10, 10], [1, 0, 11, 10], [0, 0, 10, 10], [5, 0, 15, 10]])
+    scores = torch.tensor([0.9, 0.6, 0.8, 0.5])
+    labels = torch.tensor([1, 1, 2, 1])
+    keep, kept_scores = soft_nms(boxes, scores, labels, sigma=0.5, score_threshold=0.05, max_keep=10)
+
+    def decay(iou):
+        return math.exp(-iou ** 2 / 0.5)
+
+    # after box 0: box 1 0.6 * 0.262 = 0.157, box 3 0.5 * 0.801 = 0.400, so box 3 comes next and decays box 1
+    assert keep.tolist() == [0, 2, 3, 1]
+    torch.testing.assert_close(kept_scores, torch.tensor([0.9, 0.8, 0.5 * decay(50 / 150),
+                                                          0.6 * decay(90 / 110) * decay(60 / 140)]))
+    # a floor above the decayed score drops the box; max_keep cuts the list
+    keep, _ = soft_nms(boxes, scores, labels, sigma=0.5, score_threshold=0.2, max_keep=10)
+    assert sorted(keep.tolist()) == [0, 2, 3]
+    assert soft_nms(boxes, scores, labels, 0.5, 0.05, max_keep=2)[0].tolist() == [0, 2]
+    assert soft_nms(boxes[:0], scores[:0], labels[:0], 0.5, 0.05, 10)[0].shape == (0,)
 
 
 def test_roi_max_pool_single_map():
