@@ -16,7 +16,9 @@ the package version, the stage, the class names, the resolved config, the input 
 smallest side the graph takes), so ``Predictor.from_checkpoint("model.onnx")``, ``tools/infer.py``
 and ``tools/eval.py`` need nothing else (``detect.engine.onnx_model``).
 
-What the models do for this (and nothing else changes in eager mode): the ops take torchvision's
+Soft-NMS does not export (its loop depends on the scores): a model that uses it is exported with
+NMS, and says so (:func:`hard_nms_instead_of_soft`). What the models do for this (and nothing else
+changes in eager mode): the ops take torchvision's
 kernels while exporting (``torch.compiler.is_compiling()``, behind the ops' own API), sizes stay
 symbolic (no ``int()`` on a shape, ``torch.sym_min`` for top-k), and padding rounds up with positive
 integer division (ONNX divides integers towards zero).
@@ -99,6 +101,21 @@ def check_exportable(cfg) -> None:
                               "exported: export with model.fast_rcnn.pyramid_scales=[] (single scale)")
 
 
+def hard_nms_instead_of_soft(model: nn.Module, cfg) -> None:
+    """Soft-NMS (``model.roi_head.soft_nms_sigma``) picks its boxes in a loop whose length depends on
+    the scores, which an ONNX graph cannot hold: the exported graph runs NMS at
+    ``model.roi_head.nms_thresh`` instead. The model and ``cfg`` are changed to match (the config stored
+    in the ONNX file, the parity check and every tool reading the file then agree), and a warning says it."""
+    head = getattr(model, "roi_head", None)
+    if head is None or not getattr(head, "soft_nms_sigma", 0):
+        return
+    logger.warning("Soft-NMS (model.roi_head.soft_nms_sigma=%g) cannot be exported: the ONNX graph runs NMS "
+                   "at IoU %g instead (model.roi_head.nms_thresh); expect a slightly lower AP than the checkpoint's",
+                   head.soft_nms_sigma, head.nms_thresh)
+    head.soft_nms_sigma = 0.0
+    cfg.model.roi_head.soft_nms_sigma = 0.0
+
+
 def _input_min_side(exported_program) -> int:
     """The smallest height and width the exported graph accepts (torch.export's range of the input's
     symbolic sides; the backbone's contiguity checks make it ~2x the largest stride)."""
@@ -144,6 +161,7 @@ def export_onnx(model: nn.Module, cfg, output: Union[str, Path], opset: int = DE
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
+    hard_nms_instead_of_soft(model, cfg)
     # an odd sample size, so that the capture sees padding (a multiple of the stride pads nothing)
     h, w = sample_size or [int(cfg.input.min_size_test) + 3, int(cfg.input.max_size) - 5]
     image = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))

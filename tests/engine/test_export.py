@@ -160,6 +160,29 @@ def test_a_model_prepared_for_cpu_inference_exports_the_plain_graph(trained, tmp
     np.testing.assert_allclose(got["scores"].numpy(), ref["scores"].numpy(), atol=1e-4)
 
 
+def test_box_voting_exports_and_soft_nms_exports_as_nms_and_says_so(trained, tmp_path, caplog):
+    # voting at 0.5: this barely trained model has few boxes at IoU 0.8 with those NMS keeps
+    overrides = ["model.roi_head.box_vote_iou=0.5", "model.roi_head.soft_nms_sigma=0.5"]
+    model, cfg = load_model(trained["checkpoint"], overrides=overrides)
+    path = sorted((trained["data"] / "images" / "test").iterdir())[0]
+    image = torch.from_numpy(cv2.resize(read_image(path), (160, 128))).permute(2, 0, 1).float() / 255
+    soft = _detections(model, image)
+    with caplog.at_level("WARNING"):
+        export_onnx(model, cfg, tmp_path / "voting.onnx")
+    assert "Soft-NMS (model.roi_head.soft_nms_sigma=0.5) cannot be exported" in caplog.text
+    onnx_model, onnx_cfg = load_model(tmp_path / "voting.onnx")
+    assert (onnx_cfg.model.roi_head.soft_nms_sigma, onnx_cfg.model.roi_head.box_vote_iou) == (0.0, 0.5)
+    # the graph equals the eager model with NMS and box voting, which differs from the Soft-NMS one
+    ref = _detections(load_model(trained["checkpoint"], overrides=overrides[:1])[0], image)
+    got = _detections(onnx_model, image)
+    assert len(got["scores"]) == len(ref["scores"]) > 0
+    assert soft["scores"].tolist() != ref["scores"].tolist()
+    np.testing.assert_allclose(got["boxes"].numpy(), ref["boxes"].numpy(), atol=0.01)
+    np.testing.assert_allclose(got["scores"].numpy(), ref["scores"].numpy(), atol=1e-4)
+    plain = _detections(load_model(trained["checkpoint"])[0], image)
+    assert not torch.allclose(plain["boxes"], ref["boxes"])  # voting moved boxes
+
+
 def test_fast_rcnn_exports_with_proposals_as_a_second_input(tmp_path):
     torch.manual_seed(0)
     cfg = load_config("configs/fast_rcnn/shapes.yaml", ["data.classes=[a,b,c]", "model.roi_head.score_thresh=0.0"])
