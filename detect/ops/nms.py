@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 import torchvision
 
-from detect.ops._kernels import greedy_nms
+from detect.ops._kernels import greedy_nms, soft_nms_gaussian
 from detect.ops.boxes import box_iou
 
 
@@ -104,8 +105,22 @@ def soft_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, si
     with a lower score, where hard NMS at IoU 0.5 deletes it. ``boxes (N, 4)``, ``scores (N,)``,
     ``labels (N,)``. Returns the kept indices by decreasing decayed score (at most ``max_keep``; a box
     whose decayed score falls to ``score_threshold`` or below is dropped) and their decayed scores.
-    Plain tensor ops on any device (neither torchvision nor ONNX has Soft-NMS): one pass per kept box.
+    Neither torchvision nor ONNX has Soft-NMS: on the CPU it runs the numba kernel
+    ``soft_nms_gaussian``, elsewhere :func:`soft_nms_reference` (tensor ops, one pass per kept box),
+    which a test holds the kernel to.
     """
+    if _library_path(boxes):
+        return soft_nms_reference(boxes, scores, labels, sigma, score_threshold, max_keep)
+    keep, kept_scores = soft_nms_gaussian(boxes.detach().float().contiguous().numpy(),
+                                          scores.detach().float().contiguous().numpy(),
+                                          labels.detach().to(torch.int64).contiguous().numpy(), float(sigma),
+                                          np.float32(score_threshold), int(max_keep))
+    return torch.from_numpy(keep), torch.from_numpy(kept_scores)
+
+
+def soft_nms_reference(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, sigma: float,
+                       score_threshold: float, max_keep: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`soft_nms` in tensor ops on any device: the reference for the CPU kernel."""
     boxes, scores = boxes.float(), scores.float().clone()
     alive = scores > score_threshold
     keep, kept_scores = [], []

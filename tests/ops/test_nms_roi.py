@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from detect.ops import RoIPooler, assign_fpn_levels, batched_nms, box_voting, nms, soft_nms
+from detect.ops.nms import soft_nms_reference
 
 
 def test_nms_per_class():
@@ -52,6 +53,25 @@ def test_soft_nms_by_hand():
     assert sorted(keep.tolist()) == [0, 2, 3]
     assert soft_nms(boxes, scores, labels, 0.5, 0.05, max_keep=2)[0].tolist() == [0, 2]
     assert soft_nms(boxes[:0], scores[:0], labels[:0], 0.5, 0.05, 10)[0].shape == (0,)
+    assert soft_nms_reference(boxes, scores, labels, 0.5, 0.05, 10)[0].tolist() == [0, 2, 3, 1]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_cpu_soft_nms_keeps_what_the_reference_keeps(seed):
+    g = torch.Generator().manual_seed(seed)
+    n = [0, 1, 50, 400, 900, 300][seed]
+    xy = torch.rand(n, 2, generator=g) * 300
+    boxes = torch.cat([xy, xy + torch.rand(n, 2, generator=g) * 80 + 1], 1)
+    if n:  # near-duplicates, the case Soft-NMS is for, and tied scores
+        boxes[n // 2:] = boxes[: n - n // 2] + torch.randn(n - n // 2, 4, generator=g)
+    scores = torch.rand(n, generator=g)
+    scores[::7] = 0.5
+    labels = torch.randint(1, 4, (n,), generator=g)
+    for sigma, floor, max_keep in ((0.5, 0.05, 100), (0.3, 0.001, 1000), (2.0, 0.3, 10)):
+        keep, kept = soft_nms(boxes, scores, labels, sigma, floor, max_keep)
+        ref_keep, ref_kept = soft_nms_reference(boxes, scores, labels, sigma, floor, max_keep)
+        assert keep.dtype == ref_keep.dtype == torch.int64 and keep.tolist() == ref_keep.tolist()
+        torch.testing.assert_close(kept, ref_kept, rtol=1e-6, atol=1e-7)  # exp of another maths library
 
 
 def test_roi_max_pool_single_map():
