@@ -62,7 +62,7 @@ def greedy_nms(boxes, order, labels, iou_threshold, max_keep):
 def soft_nms_gaussian(boxes, scores, labels, sigma, score_threshold, max_keep):
     """Gaussian Soft-NMS over ``boxes (N, 4) float32`` and ``scores (N,) float32``.
 
-    The same steps as the tensor version in :func:`detect.ops.nms.soft_nms` (the reference): take
+    The same steps as the tensor version, :func:`detect.ops.nms.soft_nms_reference`: take
     the best live box (the first of equal scores), then multiply the score of every live box of its
     label by ``exp(-IoU^2 / sigma)`` and drop those at or below ``score_threshold``; IoU as
     torchvision's ``box_iou`` computes it in float32. Scores can differ from the reference's in the
