@@ -23,6 +23,16 @@ _ONE = np.float32(1.0)
 _HALF = np.float32(0.5)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _iou(boxes, areas, a, b):
+    """IoU of ``boxes[a]`` and ``boxes[b]`` in float32 as torchvision computes it: inter / (area of a +
+    area of b - inter), ``a`` first (the order its sums are taken in)."""
+    w = max(_ZERO, min(boxes[a, 2], boxes[b, 2]) - max(boxes[a, 0], boxes[b, 0]))
+    h = max(_ZERO, min(boxes[a, 3], boxes[b, 3]) - max(boxes[a, 1], boxes[b, 1]))
+    inter = w * h
+    return inter / (areas[a] + areas[b] - inter)
+
+
 @njit(cache=True, nogil=True)
 def greedy_nms(boxes, order, labels, iou_threshold, max_keep):
     """Greedy NMS over ``boxes (N, 4) float32`` taken in ``order`` (best first).
@@ -39,17 +49,12 @@ def greedy_nms(boxes, order, labels, iou_threshold, max_keep):
         if kept == max_keep:
             break
         i = order[t]
-        ix1, iy1, ix2, iy2, iarea, ilabel = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3], areas[i], labels[i]
         suppressed = False
         for s in range(kept):
             j = keep[s]
-            if labels[j] != ilabel:
+            if labels[j] != labels[i]:
                 continue
-            w = max(_ZERO, min(boxes[j, 2], ix2) - max(boxes[j, 0], ix1))
-            h = max(_ZERO, min(boxes[j, 3], iy2) - max(boxes[j, 1], iy1))
-            inter = w * h
-            # torchvision: inter / (area of the earlier box + area of the later one - inter)
-            if inter / (areas[j] + iarea - inter) > iou_threshold:
+            if _iou(boxes, areas, j, i) > iou_threshold:  # the kept (earlier) box first, as torchvision
                 suppressed = True
                 break
         if not suppressed:
@@ -89,15 +94,10 @@ def soft_nms_gaussian(boxes, scores, labels, sigma, score_threshold, max_keep):
         kept_scores[kept] = best_score
         kept += 1
         alive[best] = False
-        bx1, by1, bx2, by2, barea, blabel = boxes[best, 0], boxes[best, 1], boxes[best, 2], boxes[best, 3], \
-            areas[best], labels[best]
         for i in range(n):
-            if not alive[i] or labels[i] != blabel:
+            if not alive[i] or labels[i] != labels[best]:
                 continue
-            w = max(_ZERO, min(bx2, boxes[i, 2]) - max(bx1, boxes[i, 0]))
-            h = max(_ZERO, min(by2, boxes[i, 3]) - max(by1, boxes[i, 1]))
-            inter = w * h
-            iou = inter / (barea + areas[i] - inter)
+            iou = _iou(boxes, areas, best, i)
             s[i] = s[i] * np.exp(-(iou * iou) / sigma32)
             if not s[i] > score_threshold:
                 alive[i] = False
