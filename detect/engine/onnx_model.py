@@ -16,10 +16,12 @@ import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch import nn
 
 from detect.errors import CheckpointError
+from detect.models.two_stage import IMAGENET_MEAN
 
 FORMAT = "detect-onnx/1"  # detect.engine.export writes it; bump when inputs, outputs or metadata change meaning
 
@@ -67,17 +69,33 @@ class OnnxDetector(nn.Module):
         results = []
         for i, image in enumerate(images):
             h, w = image.shape[-2:]
-            if min(h, w) < self.min_side:
-                raise ValueError(f"{self.path}: the exported graph takes images of at least {self.min_side} px "
-                                 f"per side, got {h}x{w} (raise input.min_size_test, or export again)")
-            feed = {"image": image[None].detach().cpu().float().contiguous().numpy()}
+            image = pad_to_side(image.detach().cpu().float(), self.min_side)
+            feed = {"image": image[None].contiguous().numpy()}
             if wants_proposals:
                 feed["proposals"] = proposals[i].detach().cpu().float().reshape(-1, 4).contiguous().numpy()
             boxes, scores, labels = self.session.run(None, feed)
+            if image.shape[-2:] != (h, w):  # padded: boxes back inside the image, those left empty dropped
+                boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
+                boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
+                scores = np.where((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]), scores, -np.inf)
             keep = scores > self.score_thresh
             results.append({"boxes": torch.from_numpy(boxes[keep]), "scores": torch.from_numpy(scores[keep]),
                             "labels": torch.from_numpy(labels[keep]).to(torch.int64)})
         return results
+
+
+def pad_to_side(image: torch.Tensor, side: int) -> torch.Tensor:
+    """``3xHxW`` image in ``[0, 1]``, padded at the bottom and right to at least ``side`` px per side
+    with the normalisation's mean colour: the graph normalises it to zero, the value the models pad
+    with themselves (``detect.models.two_stage``), so the box coordinates keep their meaning. An
+    exported graph accepts no side under ``detect.min_side`` (~2x the largest stride): an image the
+    test transform made that thin (a long strip capped by ``input.max_size``) is padded, not refused."""
+    h, w = image.shape[-2:]
+    if min(h, w) >= side:
+        return image
+    padded = torch.tensor(IMAGENET_MEAN, dtype=image.dtype).view(3, 1, 1).repeat(1, max(h, side), max(w, side))
+    padded[:, :h, :w] = image
+    return padded
 
 
 def open_session(path: Union[str, Path], threads: Optional[int] = None):

@@ -265,11 +265,24 @@ def test_what_the_graph_fixes_cannot_be_overridden(trained):
     load_model(trained["onnx"], overrides=["data.test.ann_file=elsewhere.json"])  # data keys are free
 
 
-def test_an_image_below_the_graphs_smallest_side_is_a_clear_error(trained):
-    model, _ = load_model(trained["onnx"])
+def test_an_image_below_the_graphs_smallest_side_is_padded_with_the_mean_colour(trained):
+    """A strip thinner than the graph takes (``detect.min_side``) runs padded at the bottom: the same
+    detections as PyTorch's on the strip padded so by hand, clipped to the strip."""
+    torch_model, _ = load_model(trained["checkpoint"])
+    onnx_model, _ = load_model(trained["onnx"])
     side = trained["summary"]["min_side"]
-    with pytest.raises(ValueError, match=f"at least {side} px per side, got {side - 1}x200"):
-        model([torch.rand(3, side - 1, 200)])
+    path = sorted((trained["data"] / "images" / "test").iterdir())[0]
+    strip = cv2.resize(read_image(path), (200, side - 1), interpolation=cv2.INTER_LINEAR)
+    strip = torch.from_numpy(strip).permute(2, 0, 1).float() / 255
+    padded = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1).repeat(1, side, 200)
+    padded[:, :side - 1] = strip
+    ref, got = _detections(torch_model, padded), _detections(onnx_model, strip)
+    ref["boxes"][:, 1::2] = ref["boxes"][:, 1::2].clamp(max=side - 1)
+    inside = (ref["boxes"][:, 3] > ref["boxes"][:, 1])
+    assert 0 < len(got["scores"]) == int(inside.sum())
+    assert got["boxes"][:, 3].max() <= side - 1
+    np.testing.assert_allclose(got["boxes"].numpy(), ref["boxes"][inside].numpy(), atol=0.01)
+    np.testing.assert_allclose(got["scores"].numpy(), ref["scores"][inside].numpy(), atol=1e-4)
 
 
 def test_without_onnxruntime_the_message_names_the_extra(trained, monkeypatch):
