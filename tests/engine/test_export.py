@@ -325,3 +325,21 @@ def test_deploy_benchmark_times_and_scores_each_backend_on_the_same_model(traine
         assert row["ms"] > 0 and len(row["ms_per_round"]) == 2
     assert min(r["image_size"]) == 128 and r["int8"]["calibration_images"] == 2  # short side input.min_size_test
     assert "ONNX Runtime int8" in format_deploy(r) and "torchvision" not in format_deploy(r).splitlines()[2]
+
+
+def test_deploy_benchmark_scores_the_checkpoint_as_shipped_and_the_graph_as_exported(trained, tmp_path):
+    """With Soft-NMS the eager row keeps it (what the .pth gives) while the ONNX rows run NMS, as
+    exported; exporting must not change the model the eager row times and scores."""
+    from detect.benchmark.deploy import format_deploy, run_deploy_benchmark
+
+    soft = ["model.roi_head.soft_nms_sigma=0.5"]
+    r = run_deploy_benchmark(trained["checkpoint"], tmp_path, num_images=1, rounds=1, calibration_count=1,
+                             overrides=soft)
+    scores = {}
+    for name, overrides in (("soft", soft), ("nms", [])):
+        model, cfg = load_model(trained["checkpoint"], overrides=overrides)
+        scores[name] = evaluate(model, cfg, torch.device("cpu"), progress=False)["coco"]["AP"]
+    assert scores["soft"] != scores["nms"]
+    assert r["rows"]["pytorch_fp32"]["AP"] == pytest.approx(scores["soft"], abs=1e-6)
+    assert r["rows"]["onnxruntime_fp32"]["AP"] == pytest.approx(scores["nms"], abs=1e-4)
+    assert format_deploy(r).splitlines()[-1].startswith("the checkpoint tests with Soft-NMS")
