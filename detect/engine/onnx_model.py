@@ -16,12 +16,12 @@ import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
-import numpy as np
 import torch
 from torch import nn
 
 from detect.errors import CheckpointError
 from detect.models.two_stage import IMAGENET_MEAN
+from detect.ops import clip_boxes, nonempty_boxes
 
 FORMAT = "detect-onnx/1"  # detect.engine.export writes it; bump when inputs, outputs or metadata change meaning
 
@@ -73,14 +73,12 @@ class OnnxDetector(nn.Module):
             feed = {"image": image[None].contiguous().numpy()}
             if wants_proposals:
                 feed["proposals"] = proposals[i].detach().cpu().float().reshape(-1, 4).contiguous().numpy()
-            boxes, scores, labels = self.session.run(None, feed)
-            if image.shape[-2:] != (h, w):  # padded: boxes back inside the image, those left empty dropped
-                boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
-                boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
-                scores = np.where((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]), scores, -np.inf)
+            boxes, scores, labels = (torch.from_numpy(x) for x in self.session.run(None, feed))
             keep = scores > self.score_thresh
-            results.append({"boxes": torch.from_numpy(boxes[keep]), "scores": torch.from_numpy(scores[keep]),
-                            "labels": torch.from_numpy(labels[keep]).to(torch.int64)})
+            if image.shape[-2:] != (h, w):  # padded: boxes back inside the image, those left empty dropped
+                boxes = clip_boxes(boxes, (h, w))
+                keep &= nonempty_boxes(boxes)
+            results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep].to(torch.int64)})
         return results
 
 
