@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     p.add_argument("--json")
     p.add_argument("overrides", nargs="*", help="key=value for every stage's config")
     p.set_defaults(func=cmd_stages)
-    p = sub.add_parser("ops", help="the package's CPU RoI align / max pool kernels against torchvision's")
+    p = sub.add_parser("ops", help="the package's CPU kernels (RoI align / max pool, GroupNorm) against the libraries'")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--repeats", type=int, default=10, help="calls per round")
     p.add_argument("--json")

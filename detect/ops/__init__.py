@@ -1,4 +1,5 @@
-"""Shared detection operations: box formats, the box coder, matching, sampling, NMS and RoI pooling.
+"""Shared detection operations: box formats, the box coder, matching, sampling, NMS, RoI pooling, and
+GroupNorm (whose CPU kernel follows channels-last maps).
 
 Every stage (R-CNN, Fast R-CNN, Faster R-CNN) uses these and nothing else for this logic.
 """
@@ -18,12 +19,13 @@ from detect.ops.boxes import (
 )
 from detect.ops.matcher import BACKGROUND, FOREGROUND, IGNORE, Matcher
 from detect.ops.nms import batched_nms, box_voting, nms, soft_nms
+from detect.ops.norm import GroupNorm, group_norm
 from detect.ops.roi import RoIPooler, assign_fpn_levels
 from detect.ops.sampler import BalancedSampler
 
 __all__ = [
-    "BACKGROUND", "FOREGROUND", "IGNORE", "BalancedSampler", "BoxCoder", "Matcher", "RoIPooler",
+    "BACKGROUND", "FOREGROUND", "GroupNorm", "IGNORE", "BalancedSampler", "BoxCoder", "Matcher", "RoIPooler",
     "assign_fpn_levels", "batched_nms", "box_area", "box_iou", "box_voting", "clip_boxes", "clip_boxes_np",
-    "cxcywh_to_xyxy", "nms", "nonempty_boxes", "remove_small_boxes", "scale_boxes", "soft_nms",
+    "cxcywh_to_xyxy", "group_norm", "nms", "nonempty_boxes", "remove_small_boxes", "scale_boxes", "soft_nms",
     "xywh_to_xyxy", "xyxy_to_cxcywh", "xyxy_to_xywh",
 ]
