@@ -48,6 +48,7 @@ DEFAULTS: Dict[str, Any] = {
             "width": 1.0,          # channel multiplier (tiny, mobilenet_v3_large from scratch)
             "norm": "auto",        # frozen_bn | bn | gn; auto: frozen_bn with pretrained weights, else gn
             "freeze_at": -1,       # stages without gradients; -1: 2 with pretrained weights, else 0
+            "channels_last": False,  # run the backbone on channels-last maps (faster for MobileNetV3 on a CPU)
         },
         "weights": None,           # a detection checkpoint to start from (transfer learning)
         "rpn": {

@@ -14,6 +14,11 @@ tiny                   4 conv blocks, stride 16, 64 ch      stride 8 / 16 / 32
 
 ``pretrained`` is a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V1``: downloaded by
 torchvision where a network exists), a local state-dict file, or ``None`` (random initialisation).
+
+``channels_last`` runs the stages on channels-last maps (the FPN's outputs come back in NCHW for the
+heads). On a CPU, oneDNN's depthwise and 1x1 convolutions reorder an NCHW input and output at every
+call, which dominates MobileNetV3 over 480x640 images; GroupNorm follows the layout through
+:class:`detect.ops.GroupNorm`.
 """
 from __future__ import annotations
 
@@ -27,6 +32,8 @@ import torchvision
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from detect.ops import GroupNorm
 
 
 logger = logging.getLogger(__name__)
@@ -56,8 +63,9 @@ class Backbone(nn.Module):
     """
 
     def __init__(self, stages: Sequence[Stage], return_stages: Sequence[int], fpn: bool,
-                 res5: Optional[nn.Module] = None, fpn_channels: int = FPN_CHANNELS):
+                 res5: Optional[nn.Module] = None, fpn_channels: int = FPN_CHANNELS, channels_last: bool = False):
         super().__init__()
+        self.channels_last = channels_last
         last = max(return_stages)
         self.stages = nn.ModuleList(stages[: last + 1])
         self.return_stages = list(return_stages)
@@ -78,14 +86,17 @@ class Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         """``(B, 3, H, W)`` normalised images -> maps ``(B, C, H / s, W / s)`` for each stride s."""
+        # an exported graph has no memory formats: the conversions are left out of it
+        convert = self.channels_last and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+        if convert:
+            x = x.contiguous(memory_format=torch.channels_last)
         outputs = OrderedDict()
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if i in self.return_stages:
                 outputs[str(i)] = x
-        if self.fpn is None:
-            return list(outputs.values())
-        return list(self.fpn(outputs).values())
+        maps = list(outputs.values()) if self.fpn is None else list(self.fpn(outputs).values())
+        return [m.contiguous() for m in maps] if convert else maps
 
     def freeze(self, num_stages: int) -> List[str]:
         """Stop gradients in the first ``num_stages`` stages; returns the frozen parameter names."""
@@ -100,7 +111,7 @@ class Backbone(nn.Module):
 def _group_norm(channels: int) -> nn.GroupNorm:
     # 32 groups (Wu & He 2018) where the channels allow it, else groups of at least 4 channels.
     groups = 32 if channels % 32 == 0 else max(g for g in range(1, 33) if channels % g == 0 and channels // g >= 4)
-    return nn.GroupNorm(groups, channels)
+    return GroupNorm(groups, channels)
 
 
 def _norm_layer(norm: str):
@@ -179,7 +190,7 @@ def _tiny_stages(norm: str, width: float) -> List[Stage]:
 
 def build_backbone(name: str, pretrained: Optional[str] = None, fpn: bool = False, norm: str = "bn",
                    freeze_at: int = 0, fpn_channels: int = FPN_CHANNELS, fpn_strides: Sequence[int] = (),
-                   width: float = 1.0) -> Backbone:
+                   width: float = 1.0, channels_last: bool = False) -> Backbone:
     """Build a backbone by torchvision model name (or ``tiny``); see the module docstring.
 
     ``width`` multiplies the channels of ``tiny`` and ``mobilenet_v3_large`` (torchvision's
@@ -216,7 +227,7 @@ def build_backbone(name: str, pretrained: Optional[str] = None, fpn: bool = Fals
             raise ValueError(f"model.backbone.fpn_strides {list(fpn_strides)}: {name} has no stage of stride "
                              f"{unknown}; its stages end at strides {sorted(by_stride)}")
         returned = sorted(by_stride[s] for s in set(fpn_strides))
-    backbone = Backbone(stages, returned, fpn, res5=res5, fpn_channels=fpn_channels)
+    backbone = Backbone(stages, returned, fpn, res5=res5, fpn_channels=fpn_channels, channels_last=channels_last)
     if freeze_at:
         backbone.freeze(freeze_at)
     return backbone

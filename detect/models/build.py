@@ -22,7 +22,8 @@ def backbone_from_config(cfg) -> Backbone:
     # (seen here: AP50 0.85 with BN against 1.0 with GN on the same overfitting run), so GN is the default.
     norm = b.norm if b.norm != "auto" else ("frozen_bn" if pretrained else "gn")
     freeze_at = b.freeze_at if b.freeze_at >= 0 else (2 if pretrained else 0)
-    return build_backbone(b.name, pretrained, b.fpn, norm, freeze_at, b.fpn_channels, b.fpn_strides, b.width)
+    return build_backbone(b.name, pretrained, b.fpn, norm, freeze_at, b.fpn_channels, b.fpn_strides, b.width,
+                          b.channels_last)
 
 
 def default_anchor_sizes(strides: Sequence[int], fpn: bool) -> List[List[float]]:

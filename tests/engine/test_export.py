@@ -160,6 +160,18 @@ def test_a_model_prepared_for_cpu_inference_exports_the_plain_graph(trained, tmp
     np.testing.assert_allclose(got["scores"].numpy(), ref["scores"].numpy(), atol=1e-4)
 
 
+def test_a_channels_last_backbone_exports_the_same_graph(trained, tmp_path):
+    model, cfg = load_model(trained["checkpoint"])
+    model.backbone.channels_last = True  # model.backbone.channels_last: true, as custom.yaml trains it
+    image = torch.rand(3, 128, 150)
+    ref = _detections(model, image)
+    export_onnx(model, cfg, tmp_path / "cl.onnx")
+    got = _detections(load_model(tmp_path / "cl.onnx")[0], image)
+    assert len(ref["scores"]) > 0 and len(got["scores"]) == len(ref["scores"])
+    np.testing.assert_allclose(got["scores"].numpy(), ref["scores"].numpy(), atol=1e-4)
+    np.testing.assert_allclose(got["boxes"].numpy(), ref["boxes"].numpy(), atol=0.01)
+
+
 def test_box_voting_exports_and_soft_nms_exports_as_nms_and_says_so(trained, tmp_path, caplog):
     # voting at 0.5: this barely trained model has few boxes at IoU 0.8 with those NMS keeps
     overrides = ["model.roi_head.box_vote_iou=0.5", "model.roi_head.soft_nms_sigma=0.5"]

@@ -138,6 +138,35 @@ def test_fpn_strides_choose_the_levels_by_stride():
         build_backbone("tiny", fpn=True, fpn_strides=[4, 12])
 
 
+def test_a_channels_last_backbone_gives_the_same_maps_and_gradients():
+    from detect.models.backbones import build_backbone
+
+    torch.manual_seed(0)
+    plain = build_backbone("mobilenet_v3_large", fpn=True, norm="gn", fpn_strides=[8, 16, 32], fpn_channels=16,
+                           width=0.5)
+    fast = build_backbone("mobilenet_v3_large", fpn=True, norm="gn", fpn_strides=[8, 16, 32], fpn_channels=16,
+                          width=0.5, channels_last=True)
+    fast.load_state_dict(plain.state_dict())
+    seen = []
+    for m in fast.modules():
+        if isinstance(m, torch.nn.GroupNorm):
+            m.register_forward_hook(lambda mod, inp, out: seen.append(out.grad_fn is not None and
+                                                                      type(out.grad_fn).__name__))
+    x = torch.rand(2, 3, 96, 128)
+    maps_plain, maps_fast = plain(x), fast(x)
+    assert seen and set(seen) == {"_GroupNormNHWCBackward"}  # every GroupNorm ran the channels-last kernel
+    for a, b in zip(maps_fast, maps_plain):
+        assert b.is_contiguous() and a.is_contiguous()  # the heads get NCHW maps either way
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    sum(m.square().sum() for m in maps_plain).backward()
+    sum(m.square().sum() for m in maps_fast).backward()
+    # gradients up to ~2e4 here; a bias's is a sum of such terms that can cancel to 1e-3, so the
+    # float32 rounding of either side is measured against the largest gradient
+    scale = max(p.grad.abs().max() for p in plain.parameters())
+    for (name, p), q in zip(plain.named_parameters(), fast.parameters()):
+        assert (q.grad - p.grad).abs().max() <= 1e-5 * scale, name
+
+
 def test_width_multiplies_the_channels():
     from detect.models.backbones import build_backbone
 
