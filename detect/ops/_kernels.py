@@ -16,8 +16,8 @@ tests hold them to it) and differ only in how the work is organised:
   gradient (torchvision's took ~10% of a ResNet-50-FPN training step here).
 
 And GroupNorm over channels-last maps (``group_norm_nhwc`` and its backward, at the end: parallel
-over both cores, float64 sums), which PyTorch's CPU kernel runs 2.4x slower than on NCHW maps; not bit
-for bit (see :mod:`detect.ops.norm`).
+over both cores, float64 sums), whose forward and backward PyTorch's CPU kernel runs about 2x slower
+than on NCHW maps; not bit for bit (see :mod:`detect.ops.norm`).
 """
 import numpy as np
 from numba import njit, prange

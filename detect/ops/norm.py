@@ -2,13 +2,14 @@
 
 ``torch.nn.functional.group_norm`` is the reference and the path everywhere else: on CUDA, on
 NCHW maps, in other dtypes, and inside ``torch.onnx`` export / ``torch.compile`` (whose graphs
-must hold the library's op). On a float32 channels-last CPU map it runs the kernels in :mod:`detect.ops._kernels`: PyTorch's own backward is slow there (forward and
-backward over [2, 64, 240, 320]: 65 ms against its 33 on the same map in NCHW, the kernels' 40;
+must hold the library's op). On a float32 channels-last CPU map it runs the kernels in
+:mod:`detect.ops._kernels`: PyTorch's own backward is slow there (forward and backward over
+[2, 64, 240, 320]: 65 ms against its 33 on the same map in NCHW, the kernels' 40;
 ``tools/benchmark.py ops``), and that is what kept a CPU backbone of depthwise and 1x1 convolutions
 (MobileNetV3) in NCHW, where oneDNN reorders each of their inputs and outputs. Forward alone,
-PyTorch's channels-last kernel is the faster (15 ms against 17) but sums in float32: on a map of
-values 1000 +- 0.01 its outputs were off by 9.5, the kernels' by under 1e-4; inference runs the
-kernels too, so a model is evaluated with the arithmetic it was trained with.
+PyTorch's channels-last kernel is the faster (15 ms against 17) but lost the variance of a map of
+values 1000 +- 0.01 (outputs off by 9.5; the kernels' by under 1e-4); inference runs the kernels
+too, so a model is evaluated with the arithmetic it was trained with.
 
 Not bit for bit: the kernel sums in float64 in another order, and the outputs agree with the
 reference to 1e-5 (gradients to 1e-4; tests hold them to it). PyTorch's own channels-last kernel
