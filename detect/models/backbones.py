@@ -86,8 +86,8 @@ class Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         """``(B, 3, H, W)`` normalised images -> maps ``(B, C, H / s, W / s)`` for each stride s."""
-        # an exported graph has no memory formats: the conversions are left out of it
-        convert = self.channels_last and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+        # an exported graph (torch.compiler.is_compiling(), as the ops test it) has no memory formats
+        convert = self.channels_last and not torch.compiler.is_compiling()
         if convert:
             x = x.contiguous(memory_format=torch.channels_last)
         outputs = OrderedDict()

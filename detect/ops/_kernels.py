@@ -315,7 +315,7 @@ def roi_pool_backward(grad_out, rois, argmax, grad_in):
 
 
 # GroupNorm over channels-last maps. PyTorch's CPU GroupNorm is fast on NCHW maps and slow on
-# channels-last ones (its backward 2-3x slower), which keeps a CPU backbone in NCHW, where oneDNN
+# channels-last ones (forward and backward about 2x slower), which keeps a CPU backbone in NCHW, where oneDNN
 # reorders every depthwise and 1x1 convolution's input and output. These kernels read a map as
 # rows of C floats (one row per pixel): the channel loop is contiguous and vectorised, and rows are
 # split into chunks that both cores take (``prange``). Per-(image, channel) sums are taken in float64
@@ -394,7 +394,7 @@ def group_norm_nhwc(x, groups, weight, bias, eps, y):
     (same shape).
 
     Returns ``(mean (N, G) float64, rstd (N, G) float64)``; ``weight`` and ``bias`` ``(C,) float32``.
-    Variance is ``E[x^2] - E[x]^2`` in float64, as PyTorch's CPU kernel.
+    Variance is ``E[x^2] - E[x]^2`` from float64 sums.
     """
     n, rows, c = x.shape
     s1, s2 = _channel_sums(x, x, _CHUNK_ROWS)
@@ -427,12 +427,10 @@ def group_norm_nhwc_backward(dy, x, mean, rstd, groups, weight, dx):
     count = rows * per
     c2 = np.repeat((mean * db_g - ds_g) * rstd ** 3 / count, per, axis=1)
     const = np.repeat(-db_g * rstd / count, per, axis=1)
-    a = np.repeat(rstd, per, axis=1) * w64
+    rstd_c = np.repeat(rstd, per, axis=1)
     centre, residual = _centre(mean, per)
     _centred_affine_rows(x, centre, c2.astype(np.float32), (const - residual * c2).astype(np.float32), dy,
-                         a.astype(np.float32), dx, _CHUNK_ROWS)
-    m = np.repeat(mean, per, axis=1)
-    r = np.repeat(rstd, per, axis=1)
-    dweight = ((ds - m * db) * r).sum(axis=0)
+                         (rstd_c * w64).astype(np.float32), dx, _CHUNK_ROWS)
+    dweight = ((ds - (centre + residual) * db) * rstd_c).sum(axis=0)  # centre + residual: the float64 mean
     dbias = db.sum(axis=0)
     return dweight.astype(np.float32), dbias.astype(np.float32)

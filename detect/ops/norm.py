@@ -17,6 +17,8 @@ differs from its NCHW one by up to 8e-5 on the same map.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numba
 import torch
 import torch.nn.functional as F
@@ -25,11 +27,12 @@ from torch import nn
 from detect.ops._kernels import group_norm_nhwc, group_norm_nhwc_backward
 
 
-def _uses_kernel(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def _uses_kernel(x: torch.Tensor, weight, bias) -> bool:
+    # torch.compiler.is_compiling(): inside the exporter (dynamo), whose graph must hold the library's op
     return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and weight is not None
-            and weight.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
-            and not x.is_contiguous() and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-            and not torch.onnx.is_in_onnx_export())
+            and bias is not None and weight.dtype == bias.dtype == torch.float32
+            and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            and not torch.compiler.is_compiling())
 
 
 def _share_torchs_threads() -> None:
@@ -66,11 +69,11 @@ class _GroupNormNHWC(torch.autograd.Function):
         return dx, None, torch.from_numpy(dweight), torch.from_numpy(dbias), None
 
 
-def group_norm(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor,
-               eps: float = 1e-5) -> torch.Tensor:
+def group_norm(x: torch.Tensor, groups: int, weight: Optional[torch.Tensor] = None,
+               bias: Optional[torch.Tensor] = None, eps: float = 1e-5) -> torch.Tensor:
     """``torch.nn.functional.group_norm(x, groups, weight, bias, eps)`` for ``x (N, C, H, W)``; the
     output keeps ``x``'s memory format."""
-    if _uses_kernel(x, weight):
+    if _uses_kernel(x, weight, bias):
         return _GroupNormNHWC.apply(x, groups, weight, bias, eps)
     return F.group_norm(x, groups, weight, bias, eps)
 
@@ -79,7 +82,5 @@ class GroupNorm(nn.GroupNorm):
     """``torch.nn.GroupNorm`` (same parameters and state-dict keys) through :func:`group_norm`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.affine:
-            return F.group_norm(x, self.num_groups, None, None, self.eps)
-        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)  # None without affine
 

@@ -53,7 +53,7 @@ def test_a_map_far_from_zero_keeps_its_variance():
     torch.testing.assert_close(got, exact, rtol=0, atol=1e-4)
 
 
-def test_other_layouts_and_devices_take_the_library_path_unchanged():
+def test_other_layouts_and_dtypes_take_the_library_path_unchanged():
     torch.manual_seed(0)
     layer = GroupNorm(4, 16)
     x = torch.randn(2, 16, 6, 7)
@@ -62,6 +62,11 @@ def test_other_layouts_and_devices_take_the_library_path_unchanged():
     assert type(out.grad_fn).__name__ != "_GroupNormNHWCBackward"
     double = layer.double()(x.double().contiguous(memory_format=CL))  # float64: the library
     assert type(double.grad_fn).__name__ != "_GroupNormNHWCBackward"
+    x_cl = x.contiguous(memory_format=CL)
+    no_bias = group_norm(x_cl, 4, layer.weight.float(), None)  # F.group_norm's optional bias: the library
+    assert torch.equal(no_bias, F.group_norm(x_cl, 4, layer.weight.float(), None))
+    plain = group_norm(x_cl, 4)  # no affine parameters at all
+    assert torch.equal(plain, F.group_norm(x_cl, 4))
     one_pixel = torch.randn(2, 16, 1, 1)  # both layouts at once: the library
     assert torch.equal(layer.float()(one_pixel), F.group_norm(one_pixel, 4, layer.weight, layer.bias, layer.eps))
 
