@@ -51,6 +51,8 @@ DEFAULTS: Dict[str, Any] = {
             "channels_last": False,  # run the backbone on channels-last maps (faster for MobileNetV3 on a CPU)
         },
         "weights": None,           # a detection checkpoint to start from (transfer learning)
+        "test_flip": False,        # inference also scores each image's mirror image and averages the two
+                                   # (Fast / Faster R-CNN; about twice the time; detect.models.two_stage)
         "rpn": {
             "anchor_sizes": [],    # one list per level; empty: [32..512] on one map, 8 x stride per FPN level;
             "aspect_ratios": [0.5, 1.0, 2.0],  # auto: fitted to the training boxes when training starts

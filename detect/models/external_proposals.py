@@ -39,6 +39,10 @@ class ExternalProposals(nn.Module):
         topk_train, topk_test: best-ranked proposals kept per image.
     """
 
+    # under test-time flip the mirror view takes these proposals mirrored: they belong to the image,
+    # not to the network's view of it, and selective search runs once instead of twice
+    mirrors_proposals = True
+
     def __init__(self, mode: str = "fast", max_side: Optional[int] = None, seed: int = 0,
                  topk_train: int = 2000, topk_test: int = 2000):
         super().__init__()

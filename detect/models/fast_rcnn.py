@@ -21,7 +21,7 @@ from torch.profiler import record_function
 from detect.models.backbones import Backbone
 from detect.models.external_proposals import ExternalProposals
 from detect.models.roi_head import RoIHead
-from detect.models.two_stage import TwoStageDetector
+from detect.models.two_stage import TwoStageDetector, mirrored_views
 
 
 class FastRCNN(TwoStageDetector):
@@ -33,12 +33,14 @@ class FastRCNN(TwoStageDetector):
         proposer: :class:`ExternalProposals` (selective search settings and top-k).
         pyramid_scales: image scale factors for multi-scale testing (empty: single scale).
         pyramid_roi_size: the RoI side each proposal is scale-normalised towards.
+        test_flip: also score each image's mirror image and average (``detect.models.two_stage``).
     """
 
     def __init__(self, backbone: Backbone, roi_head: RoIHead, class_names: Sequence[str],
                  proposer: Optional[ExternalProposals] = None, pyramid_scales: Sequence[float] = (),
-                 pyramid_roi_size: float = 224.0):
-        super().__init__(backbone, proposer if proposer is not None else ExternalProposals(), roi_head, class_names)
+                 pyramid_roi_size: float = 224.0, test_flip: bool = False):
+        super().__init__(backbone, proposer if proposer is not None else ExternalProposals(), roi_head, class_names,
+                         test_flip=test_flip)
         self.pyramid_scales = [float(s) for s in pyramid_scales]
         self.pyramid_roi_size = float(pyramid_roi_size)
 
@@ -49,10 +51,13 @@ class FastRCNN(TwoStageDetector):
         sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
         with record_function("detect.proposer"):
             rois, _ = self.proposer(None, sizes, images=images, proposals=proposals)
+        if self.test_flip:  # the mirror images join, with the proposals mirrored
+            images = list(images) + [im.flip(-1) for im in images]
+            rois, sizes = mirrored_views(rois, sizes), sizes + sizes
         with record_function("detect.roi_head"):  # the backbone runs inside, once per scale
             class_logits, box_deltas = self._pyramid_predict(images, rois)
         with record_function("detect.postprocess"):
-            return self.postprocess(class_logits, box_deltas, rois, sizes)
+            return self.postprocess(class_logits, box_deltas, rois, sizes, flipped=self.test_flip)
 
     def _pyramid_predict(self, images: List[torch.Tensor], proposals: List[torch.Tensor]):
         """Class logits and deltas of every RoI, each pooled from the scale that suits its area."""

@@ -34,6 +34,9 @@ class Stage:
 
 
 def _build_rcnn(cfg, backbone, class_names: List[str]) -> RCNN:
+    if cfg.model.test_flip:
+        raise ConfigError("model.test_flip: R-CNN has no test-time flip (its SVMs score each warped crop); "
+                          "Fast R-CNN and Faster R-CNN have")
     r = cfg.model.rcnn
     return RCNN(backbone, class_names, crop_size=r.crop_size, context=r.context, fc_dim=r.fc_dim,
                 batch_rois=r.batch_rois, fg_fraction=r.fg_fraction, fg_iou=r.fg_iou,
@@ -46,12 +49,12 @@ def _build_fast_rcnn(cfg, backbone, class_names: List[str]) -> FastRCNN:
     f = cfg.model.fast_rcnn
     return FastRCNN(backbone, build_roi_head(cfg, backbone, len(class_names)), class_names,
                     proposer=build_external_proposer(cfg), pyramid_scales=f.pyramid_scales,
-                    pyramid_roi_size=f.pyramid_roi_size)
+                    pyramid_roi_size=f.pyramid_roi_size, test_flip=cfg.model.test_flip)
 
 
 def _build_faster_rcnn(cfg, backbone, class_names: List[str]) -> FasterRCNN:
     return FasterRCNN(backbone, build_rpn(cfg, backbone), build_roi_head(cfg, backbone, len(class_names)),
-                      class_names)
+                      class_names, test_flip=cfg.model.test_flip)
 
 
 # in the order the papers came, which is the order the stage benchmark shows them in

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detect.ops import (BalancedSampler, BoxCoder, Matcher, RoIPooler, batched_nms, box_voting, clip_boxes,
-                        nonempty_boxes, soft_nms)
+                        flip_boxes, nonempty_boxes, soft_nms)
 
 ImageSize = Tuple[int, int]
 
@@ -233,17 +233,36 @@ class RoIHead(nn.Module):
         return {"loss_cls": loss_cls, "loss_box": loss_box / max(labels.numel(), 1)}
 
     @torch.no_grad()
-    def postprocess(self, class_logits: torch.Tensor, box_deltas: torch.Tensor, proposals: List[torch.Tensor],
-                    image_sizes: Sequence[ImageSize]) -> List[Dict[str, torch.Tensor]]:
+    def decode(self, class_logits: torch.Tensor, box_deltas: torch.Tensor, proposals: List[torch.Tensor]
+               ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """Per image, each RoI's boxes per class ``(R_i, C, 4)`` and class probabilities ``(R_i, C)``
+        (background dropped), before any threshold or NMS."""
         scores_all = F.softmax(class_logits.float(), dim=1)
         boxes_all = self.box_coder.decode(box_deltas.float(), torch.cat(proposals))
-        results = []
+        out = []
         start = 0
-        for props, size in zip(proposals, image_sizes):
+        for props in proposals:
             n = props.shape[0]
-            boxes = boxes_all[start:start + n].view(n, -1, 4)[:, 1:]
-            results.append(select_detections(boxes, scores_all[start:start + n, 1:], size, self.score_thresh,
-                                             self.nms_thresh, self.detections_per_image, self.box_vote_iou,
-                                             self.soft_nms_sigma))
+            out.append((boxes_all[start:start + n].view(n, -1, 4)[:, 1:], scores_all[start:start + n, 1:]))
             start += n
-        return results
+        return out
+
+    @torch.no_grad()
+    def postprocess(self, class_logits: torch.Tensor, box_deltas: torch.Tensor, proposals: List[torch.Tensor],
+                    image_sizes: Sequence[ImageSize], flipped: bool = False) -> List[Dict[str, torch.Tensor]]:
+        """One dict of detections per image (:func:`select_detections`).
+
+        ``flipped``: the second half of ``proposals`` (and of ``image_sizes``) are the mirror images of
+        the first half's, RoI for RoI (test-time flip, ``detect.models.two_stage``). Each RoI's class
+        probabilities and its boxes, mirrored back, are averaged over the two views before the
+        detections are selected; one dict per image of the first half."""
+        per_image = self.decode(class_logits, box_deltas, proposals)
+        if flipped:
+            n = len(per_image) // 2
+            image_sizes = image_sizes[:n]
+            per_image = [((boxes + flip_boxes(mirror_boxes, size[1])) / 2, (scores + mirror_scores) / 2)
+                         for (boxes, scores), (mirror_boxes, mirror_scores), size
+                         in zip(per_image[:n], per_image[n:], image_sizes)]
+        return [select_detections(boxes, scores, size, self.score_thresh, self.nms_thresh,
+                                  self.detections_per_image, self.box_vote_iou, self.soft_nms_sigma)
+                for (boxes, scores), size in zip(per_image, image_sizes)]

@@ -13,6 +13,13 @@ into one batch but never resizes) and, when training, a list of targets with ``b
 ``labels`` (1..C) and optionally ``ignore``. It returns the losses when training and, at inference,
 one dict per image with ``boxes``, ``scores`` and ``labels`` in that image's pixels.
 
+Test-time flip (``test_flip``, ``model.test_flip``): each image's mirror image joins the batch, and
+both views score the same RoIs, the union of their proposals (the RPN's of each view; a proposer with
+``mirrors_proposals``, which takes proposals from outside the network, runs once and its proposals are
+mirrored), each RoI's class probabilities and boxes averaged over the two views before the detections
+are selected (``RoIHead.postprocess(flipped=True)``). About twice the inference time; the detections
+of an image's mirror image are the mirror of the image's.
+
 The forward is the same on every device and contains no speed policy: the CPU choices (one image at
 a time, NNPACK convolutions, RoIs classified in chunks) are applied from outside by the inference
 runtime (``detect.engine.runtime``). Each phase runs inside a ``torch.profiler.record_function``
@@ -30,6 +37,7 @@ from torch.profiler import record_function
 
 from detect.models.backbones import Backbone
 from detect.models.roi_head import RoIHead
+from detect.ops import flip_boxes
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -62,6 +70,20 @@ class ImageBatcher(nn.Module):
         return torch.stack(padded) if len(padded) > 1 else padded[0][None], sizes
 
 
+def mirrored_views(rois: List[torch.Tensor], sizes: Sequence[Tuple[int, int]]) -> List[torch.Tensor]:
+    """The RoIs ``(R_i, 4)`` of ``n`` images, then the same RoIs in each image's mirror image (``2n``)."""
+    return list(rois) + [flip_boxes(r, size[1]) for r, size in zip(rois, sizes)]
+
+
+def union_of_views(rois: List[torch.Tensor], sizes: Sequence[Tuple[int, int]]) -> List[torch.Tensor]:
+    """Proposals of ``n`` images followed by those of their mirror images (``2n`` lists) -> per image
+    the union ``(R_i + R_i', 4)`` (the mirror view's mirrored back), then that union mirrored, so that
+    both views score the same RoIs in the same order."""
+    n = len(rois) // 2
+    union = [torch.cat([rois[i], flip_boxes(rois[n + i], sizes[i][1])]) for i in range(n)]
+    return mirrored_views(union, sizes[:n])
+
+
 class TwoStageDetector(nn.Module):
     """Backbone, proposer and RoI head composed in the phases of the module docstring.
 
@@ -70,13 +92,16 @@ class TwoStageDetector(nn.Module):
         proposer: a module with the proposer contract (module docstring).
         roi_head: :class:`~detect.models.roi_head.RoIHead`.
         class_names: the ``C`` class names, label ``i`` is ``class_names[i - 1]``.
+        test_flip: at inference, also run each image's mirror image and average the two views
+            (module docstring).
     """
 
     # the attribute, and state-dict prefix, the proposer is registered under (Faster R-CNN: "rpn",
     # as its checkpoints have always named it)
     proposer_attr = "proposer"
 
-    def __init__(self, backbone: Backbone, proposer: nn.Module, roi_head: RoIHead, class_names: Sequence[str]):
+    def __init__(self, backbone: Backbone, proposer: nn.Module, roi_head: RoIHead, class_names: Sequence[str],
+                 test_flip: bool = False):
         super().__init__()
         # padded to the largest stride of the conv stages (FPN's extra max-pooled level takes any
         # size, as in torchvision): 480 rows stay 480 at stride 32 instead of 512 at 64
@@ -85,6 +110,7 @@ class TwoStageDetector(nn.Module):
         self.add_module(self.proposer_attr, proposer)
         self.roi_head = roi_head
         self.class_names = list(class_names)
+        self.test_flip = test_flip
 
     @property
     def proposer(self) -> nn.Module:
@@ -97,22 +123,34 @@ class TwoStageDetector(nn.Module):
                 proposals: Optional[List[torch.Tensor]] = None):
         if self.training and targets is None:
             raise ValueError(f"{type(self).__name__} in training mode needs targets (call model.eval() for inference)")
+        flip = self.test_flip and not self.training
+        if flip:
+            originals = list(images)
+            images = originals + [im.flip(-1) for im in originals]
         with record_function("detect.preprocess"):
             batch, sizes = self.batcher(images)
         with record_function("detect.backbone"):
             features = self.backbone(batch)
         with record_function("detect.proposer"):
-            rois, proposer_losses = self.proposer(features, sizes, targets=targets if self.training else None,
-                                                  images=images, proposals=proposals)
+            if flip and getattr(self.proposer, "mirrors_proposals", False):
+                n = len(originals)
+                rois, proposer_losses = self.proposer(features, sizes[:n], images=originals, proposals=proposals)
+                rois = mirrored_views(rois, sizes[:n])
+            else:
+                rois, proposer_losses = self.proposer(features, sizes, targets=targets if self.training else None,
+                                                      images=images, proposals=proposals)
+                if flip:
+                    rois = union_of_views(rois, sizes)
         if self.training:
             with record_function("detect.roi_head"):
                 return {**proposer_losses, **self.roi_head(features, rois, sizes, targets)}
         with record_function("detect.roi_head"):
             class_logits, box_deltas = self.roi_head.predict(features, rois)
         with record_function("detect.postprocess"):
-            return self.postprocess(class_logits, box_deltas, rois, sizes)
+            return self.postprocess(class_logits, box_deltas, rois, sizes, flipped=flip)
 
     def postprocess(self, class_logits: torch.Tensor, box_deltas: torch.Tensor, rois: List[torch.Tensor],
-                    image_sizes: Sequence[Tuple[int, int]]) -> List[Dict[str, torch.Tensor]]:
-        """Detections per image from the RoI head's outputs: decode, clip, score floor, per-class NMS."""
-        return self.roi_head.postprocess(class_logits, box_deltas, rois, image_sizes)
+                    image_sizes: Sequence[Tuple[int, int]], flipped: bool = False) -> List[Dict[str, torch.Tensor]]:
+        """Detections per image from the RoI head's outputs: decode, clip, score floor, per-class NMS
+        (``flipped``: the second half are the mirror views, averaged in; ``RoIHead.postprocess``)."""
+        return self.roi_head.postprocess(class_logits, box_deltas, rois, image_sizes, flipped=flipped)

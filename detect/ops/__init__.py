@@ -10,6 +10,7 @@ from detect.ops.boxes import (
     clip_boxes,
     clip_boxes_np,
     cxcywh_to_xyxy,
+    flip_boxes,
     nonempty_boxes,
     remove_small_boxes,
     scale_boxes,
@@ -26,6 +27,6 @@ from detect.ops.sampler import BalancedSampler
 __all__ = [
     "BACKGROUND", "FOREGROUND", "GroupNorm", "IGNORE", "BalancedSampler", "BoxCoder", "Matcher", "RoIPooler",
     "assign_fpn_levels", "batched_nms", "box_area", "box_iou", "box_voting", "clip_boxes", "clip_boxes_np",
-    "cxcywh_to_xyxy", "group_norm", "nms", "nonempty_boxes", "remove_small_boxes", "scale_boxes", "soft_nms",
-    "xywh_to_xyxy", "xyxy_to_cxcywh", "xyxy_to_xywh",
+    "cxcywh_to_xyxy", "flip_boxes", "group_norm", "nms", "nonempty_boxes", "remove_small_boxes", "scale_boxes",
+    "soft_nms", "xywh_to_xyxy", "xyxy_to_cxcywh", "xyxy_to_xywh",
 ]

@@ -85,6 +85,13 @@ def remove_small_boxes(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
     return torchvision.ops.remove_small_boxes(boxes, min_size)
 
 
+def flip_boxes(boxes: Boxes, width) -> Boxes:
+    """``(..., 4)`` xyxy boxes of an image ``width`` pixels wide -> the same boxes in its mirror image
+    (flipped left to right): x1' = width - x2, x2' = width - x1. Its own inverse."""
+    x1, y1, x2, y2 = (boxes[..., i] for i in range(4))
+    return _stack_last([width - x2, y1, width - x1, y2], boxes)
+
+
 def scale_boxes(boxes: Boxes, scale_xy: Tuple[float, float]) -> Boxes:
     """Multiply x coordinates by ``scale_xy[0]`` and y coordinates by ``scale_xy[1]``.
 

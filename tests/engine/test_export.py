@@ -172,6 +172,23 @@ def test_a_channels_last_backbone_exports_the_same_graph(trained, tmp_path):
     np.testing.assert_allclose(got["boxes"].numpy(), ref["boxes"].numpy(), atol=0.01)
 
 
+def test_test_flip_exports_with_both_views_in_the_graph(trained, tmp_path):
+    model, cfg = load_model(trained["checkpoint"], overrides=["model.test_flip=true"])
+    path = sorted((trained["data"] / "images" / "test").iterdir())[0]
+    image = torch.from_numpy(cv2.resize(read_image(path), (171, 128))).permute(2, 0, 1).float() / 255
+    ref = _detections(model, image)
+    export_onnx(model, cfg, tmp_path / "flip.onnx")
+    onnx_model, onnx_cfg = load_model(tmp_path / "flip.onnx")
+    assert onnx_cfg.model.test_flip
+    got = _detections(onnx_model, image)
+    assert len(ref["scores"]) > 0 and len(got["scores"]) == len(ref["scores"])
+    np.testing.assert_allclose(got["scores"].numpy(), ref["scores"].numpy(), atol=1e-4)
+    np.testing.assert_allclose(got["boxes"].numpy(), ref["boxes"].numpy(), atol=0.01)
+    plain = _detections(load_model(trained["checkpoint"], overrides=["model.test_flip=false"])[0], image)
+    # the graph is not the single view's
+    assert len(plain["scores"]) != len(got["scores"]) or not np.allclose(plain["scores"], got["scores"], atol=1e-4)
+
+
 def test_box_voting_exports_and_soft_nms_exports_as_nms_and_says_so(trained, tmp_path, caplog):
     # voting at 0.5: this barely trained model has few boxes at IoU 0.8 with those NMS keeps
     overrides = ["model.roi_head.box_vote_iou=0.5", "model.roi_head.soft_nms_sigma=0.5"]
@@ -274,6 +291,9 @@ def test_what_the_graph_fixes_cannot_be_overridden(trained):
         load_model(trained["onnx"], overrides=["model.roi_head.score_thresh=0.01"])
     with pytest.raises(CheckpointError, match="model.rpn is fixed in the exported graph"):
         load_model(trained["onnx"], overrides=["model.rpn.nms_thresh=0.5"])
+    flip = load_model(trained["onnx"])[1].model.test_flip
+    with pytest.raises(CheckpointError, match="model.test_flip is fixed in the exported graph"):
+        load_model(trained["onnx"], overrides=[f"model.test_flip={str(not flip).lower()}"])
     load_model(trained["onnx"], overrides=["data.test.ann_file=elsewhere.json"])  # data keys are free
 
 

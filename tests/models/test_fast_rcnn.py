@@ -19,7 +19,7 @@ from detect.models import build_model
 from detect.models.fast_rcnn import FastRCNN
 from detect.models.roi_head import TwoFCHead
 from detect.models.svd import compress_box_head, truncate
-from detect.ops import box_iou
+from detect.ops import box_iou, flip_boxes
 from detect.errors import ProposalError
 from detect.proposals.files import image_keys, write_proposals
 
@@ -218,13 +218,37 @@ def test_cpu_inference_runs_a_batch_image_by_image(shapes_with_proposals):
         assert len(a["boxes"]) > 0 and all(torch.equal(a[k], b[k]) for k in ("boxes", "scores", "labels"))
 
 
+@pytest.mark.parametrize("pyramid", [False, True])
+def test_test_flip_mirrors_the_proposals_and_is_mirror_equivariant(shapes_with_proposals, monkeypatch, pyramid):
+    torch.manual_seed(0)
+    extra = ["model.fast_rcnn.pyramid_scales=[0.5,1.0]", "model.fast_rcnn.pyramid_roi_size=32"] if pyramid else []
+    model = build_model(fast_config(shapes_with_proposals, "data.classes=[rectangle,ellipse,triangle]",
+                                    "model.roi_head.score_thresh=0.0", "model.test_flip=true", *extra)).eval()
+    image = torch.rand(3, 64, 96)
+    props = torch.tensor([[0, 0, 96, 64], [10, 10, 20, 20], [10, 12, 40, 44], [50, 5, 90, 30]], dtype=torch.float32)
+    with torch.no_grad():
+        out = model([image], proposals=[props])[0]
+        mirrored = model([image.flip(-1)], proposals=[flip_boxes(props, 96)])[0]
+    assert len(out["scores"]) > 0 and len(mirrored["scores"]) == len(out["scores"])
+    torch.testing.assert_close(mirrored["scores"], out["scores"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(flip_boxes(mirrored["boxes"], 96), out["boxes"], atol=1e-3, rtol=0)
+    # without proposals, selective search runs on the image once, not on its mirror image too
+    searched = []
+    monkeypatch.setattr(model.proposer, "search",
+                        lambda images: searched.append(len(images)) or [props for _ in images])
+    with torch.no_grad():
+        again = model([image])[0]
+    assert searched == [1]
+    torch.testing.assert_close(again["scores"], out["scores"])
+
+
 def _pyramid_logits(model, image, props):
     captured = {}
     original = model.roi_head.postprocess
 
-    def spy(class_logits, *args):
+    def spy(class_logits, *args, **kwargs):
         captured["logits"] = class_logits
-        return original(class_logits, *args)
+        return original(class_logits, *args, **kwargs)
 
     model.roi_head.postprocess = spy
     try:

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from detect.ops import (box_area, box_iou, clip_boxes, clip_boxes_np, cxcywh_to_xyxy, nonempty_boxes,
+from detect.ops import (box_area, box_iou, clip_boxes, clip_boxes_np, cxcywh_to_xyxy, flip_boxes, nonempty_boxes,
                         remove_small_boxes, scale_boxes, xywh_to_xyxy, xyxy_to_cxcywh, xyxy_to_xywh)
 
 
@@ -53,3 +53,11 @@ def test_remove_small_boxes_and_scale():
     assert remove_small_boxes(b, 2.0).tolist() == [1]
     assert scale_boxes(b, (2.0, 0.5)).tolist() == [[0, 0, 2, 2.5], [0, 0, 6, 1.5]]
     assert scale_boxes(b.numpy(), (2.0, 0.5)).tolist() == [[0, 0, 2, 2.5], [0, 0, 6, 1.5]]
+
+
+def test_flip_boxes_by_hand_and_twice_is_the_identity():
+    b = torch.tensor([[10.0, 20.0, 30.0, 40.0], [0.0, 0.0, 100.0, 5.0]])
+    assert flip_boxes(b, 100).tolist() == [[70, 20, 90, 40], [0, 0, 100, 5]]
+    assert flip_boxes(b.numpy(), 100).tolist() == [[70, 20, 90, 40], [0, 0, 100, 5]]
+    assert torch.equal(flip_boxes(flip_boxes(b, 100), 100), b)
+    assert flip_boxes(b[None], 100).shape == (1, 2, 4)  # any leading shape
