@@ -59,6 +59,9 @@ class RPN(nn.Module):
         min_size: proposals narrower or shorter than this (pixels) are dropped.
     """
 
+    # under test-time flip each view takes the proposals of its own features (detect.models.two_stage)
+    mirrors_proposals = False
+
     def __init__(self, anchor_generator: AnchorGenerator, head: RPNHead, matcher: Matcher,
                  sampler: BalancedSampler, pre_nms_topk: Tuple[int, int], post_nms_topk: Tuple[int, int],
                  nms_thresh: float = 0.7, min_size: float = 1e-3, smooth_l1_beta: float = 1.0 / 9):
