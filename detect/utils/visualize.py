@@ -20,14 +20,19 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray, labels: Sequence[int], clas
     """Return a copy of ``image`` (``HxWx3`` uint8 RGB) with ``boxes (N, 4)`` xyxy drawn.
 
     Each box gets its class colour and a label (name, and score when given) on a filled tag whose
-    text colour is chosen for contrast; tags stay inside the image.
+    text colour is chosen for contrast; tags stay inside the image. With scores, the best-scoring
+    box is drawn last, over the others.
     """
     out = np.ascontiguousarray(image.copy())
     h, w = out.shape[:2]
     thickness = thickness or max(1, round(min(h, w) / 300))
     font_scale = max(0.35, min(h, w) / 900)
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    for i, (box, label) in enumerate(zip(boxes, labels)):
+    # lowest score first: where detections overlap (one object named as two classes), the best one's
+    # box and tag are drawn last, on top, instead of whichever came last (of equal scores, the first)
+    order = range(len(boxes)) if scores is None else np.argsort(-np.asarray(scores, np.float64), kind="stable")[::-1]
+    for i in order:
+        box, label = boxes[i], labels[i]
         colour = class_colour(int(label))
         x1, y1, x2, y2 = (int(round(v)) for v in box)
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness, cv2.LINE_AA)
