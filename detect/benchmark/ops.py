@@ -95,6 +95,8 @@ def run_ops_benchmark(rounds: int = 5, repeats: int = 10, cases=CASES, norm_case
         torch.nn.init.normal_(layer.weight, generator=g)
         x = torch.randn(b, c, h, w, generator=g)
         dy = torch.randn(b, c, h, w, generator=g)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        dy_cl = dy.contiguous(memory_format=torch.channels_last)
 
         def normalise(grad: bool, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
             x = x.detach().requires_grad_(grad)
@@ -103,8 +105,6 @@ def run_ops_benchmark(rounds: int = 5, repeats: int = 10, cases=CASES, norm_case
                 out.backward(dy_cl if x.is_contiguous(memory_format=torch.channels_last) else dy)
             return out.detach()
 
-        x_cl = x.contiguous(memory_format=torch.channels_last)
-        dy_cl = dy.contiguous(memory_format=torch.channels_last)
         ours = lambda grad: normalise(grad, x_cl, layer)  # noqa: E731
         for reference, layout in NORM_REFERENCES:
             x_ref = x.contiguous(memory_format=layout)

@@ -21,7 +21,7 @@ from torch.profiler import record_function
 from detect.models.backbones import Backbone
 from detect.models.external_proposals import ExternalProposals
 from detect.models.roi_head import RoIHead
-from detect.models.two_stage import TwoStageDetector, mirrored_views
+from detect.models.two_stage import TwoStageDetector, mirrored_views, with_mirror_images
 
 
 class FastRCNN(TwoStageDetector):
@@ -52,7 +52,7 @@ class FastRCNN(TwoStageDetector):
         with record_function("detect.proposer"):
             rois, _ = self.proposer(None, sizes, images=images, proposals=proposals)
         if self.test_flip:  # the mirror images join, with the proposals mirrored
-            images = list(images) + [im.flip(-1) for im in images]
+            images = with_mirror_images(images)
             rois, sizes = mirrored_views(rois, sizes), sizes + sizes
         with record_function("detect.roi_head"):  # the backbone runs inside, once per scale
             class_logits, box_deltas = self._pyramid_predict(images, rois)

@@ -70,6 +70,11 @@ class ImageBatcher(nn.Module):
         return torch.stack(padded) if len(padded) > 1 else padded[0][None], sizes
 
 
+def with_mirror_images(images: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    """``n`` images ``3xHxW``, then each one's mirror image (flipped left to right): ``2n``."""
+    return list(images) + [im.flip(-1) for im in images]
+
+
 def mirrored_views(rois: List[torch.Tensor], sizes: Sequence[Tuple[int, int]]) -> List[torch.Tensor]:
     """The RoIs ``(R_i, 4)`` of ``n`` images, then the same RoIs in each image's mirror image (``2n``)."""
     return list(rois) + [flip_boxes(r, size[1]) for r, size in zip(rois, sizes)]
@@ -126,7 +131,7 @@ class TwoStageDetector(nn.Module):
         flip = self.test_flip and not self.training
         if flip:
             originals = list(images)
-            images = originals + [im.flip(-1) for im in originals]
+            images = with_mirror_images(originals)
         with record_function("detect.preprocess"):
             batch, sizes = self.batcher(images)
         with record_function("detect.backbone"):

@@ -83,4 +83,3 @@ class GroupNorm(nn.GroupNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)  # None without affine
-
