@@ -53,6 +53,8 @@ DEFAULTS: Dict[str, Any] = {
         "weights": None,           # a detection checkpoint to start from (transfer learning)
         "test_flip": False,        # inference also scores each image's mirror image and averages the two
                                    # (Fast / Faster R-CNN; about twice the time; detect.models.two_stage)
+        "test_scales": [],         # inference also scores the RoIs on the images resized by these factors
+                                   # (e.g. [0.75]) and averages all views (Fast / Faster R-CNN)
         "rpn": {
             "anchor_sizes": [],    # one list per level; empty: [32..512] on one map, 8 x stride per FPN level;
             "aspect_ratios": [0.5, 1.0, 2.0],  # auto: fitted to the training boxes when training starts
@@ -175,7 +177,7 @@ _LIST_ITEMS: Dict[str, type] = {"input.min_size": int, "model.backbone.fpn_strid
                                  "model.rpn.anchor_sizes": list,
                                  "model.rpn.aspect_ratios": float, "model.roi_head.bbox_reg_weights": float,
                                  "train.steps": float, "model.roi_head.svd_ranks": int, "model.roi_head.fc_units": int,
-                                 "model.fast_rcnn.pyramid_scales": float}
+                                 "model.fast_rcnn.pyramid_scales": float, "model.test_scales": float}
 _CHOICES: Dict[str, Sequence[str]] = {
     "model.rpn.anchor_sizes": ("auto",),   # or a list
     "model.rpn.aspect_ratios": ("auto",),  # or a list
@@ -199,6 +201,7 @@ _RANGES: Dict[str, Tuple[float, float]] = {
     "test.batch_size": (1, math.inf), "data.num_workers": (0, math.inf), "data.max_unreadable": (0, 1),
     "input.min_size": (1, math.inf), "input.min_size_test": (1, math.inf), "input.max_size": (1, math.inf),
     "input.flip_prob": (0, 1), "input.crop_prob": (0, 1), "input.color_jitter": (0, math.inf),
+    "model.test_scales": (0.1, 4),
 }
 _TYPE_NAMES = {bool: "true/false", int: "integer", float: "number", str: "string", list: "list",
                dict: "mapping", type(None): "null"}

@@ -34,13 +34,18 @@ class FastRCNN(TwoStageDetector):
         pyramid_scales: image scale factors for multi-scale testing (empty: single scale).
         pyramid_roi_size: the RoI side each proposal is scale-normalised towards.
         test_flip: also score each image's mirror image and average (``detect.models.two_stage``).
+        test_scales: also score the RoIs on the images resized by these factors and average
+            (``detect.models.two_stage``); not with ``pyramid_scales``.
     """
 
     def __init__(self, backbone: Backbone, roi_head: RoIHead, class_names: Sequence[str],
                  proposer: Optional[ExternalProposals] = None, pyramid_scales: Sequence[float] = (),
-                 pyramid_roi_size: float = 224.0, test_flip: bool = False):
+                 pyramid_roi_size: float = 224.0, test_flip: bool = False, test_scales: Sequence[float] = ()):
+        if pyramid_scales and test_scales:
+            raise ValueError("Fast R-CNN takes either pyramid_scales (each RoI pooled from one scale) or "
+                             "test_scales (every scale's view averaged), not both")
         super().__init__(backbone, proposer if proposer is not None else ExternalProposals(), roi_head, class_names,
-                         test_flip=test_flip)
+                         test_flip=test_flip, test_scales=test_scales)
         self.pyramid_scales = [float(s) for s in pyramid_scales]
         self.pyramid_roi_size = float(pyramid_roi_size)
 

@@ -23,8 +23,8 @@ class FasterRCNN(TwoStageDetector):
     proposer_attr = "rpn"
 
     def __init__(self, backbone: Backbone, rpn: RPN, roi_head: RoIHead, class_names: Sequence[str],
-                 test_flip: bool = False):
-        super().__init__(backbone, rpn, roi_head, class_names, test_flip=test_flip)
+                 test_flip: bool = False, test_scales: Sequence[float] = ()):
+        super().__init__(backbone, rpn, roi_head, class_names, test_flip=test_flip, test_scales=test_scales)
 
     @torch.no_grad()
     def proposals(self, images: List[torch.Tensor]) -> List[torch.Tensor]:

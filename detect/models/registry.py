@@ -34,9 +34,10 @@ class Stage:
 
 
 def _build_rcnn(cfg, backbone, class_names: List[str]) -> RCNN:
-    if cfg.model.test_flip:
-        raise ConfigError("model.test_flip: R-CNN has no test-time flip (its SVMs score each warped crop); "
-                          "Fast R-CNN and Faster R-CNN have")
+    for key in ("test_flip", "test_scales"):
+        if cfg.model[key]:
+            raise ConfigError(f"model.{key}: R-CNN has no test-time views (its SVMs score each warped crop); "
+                              f"Fast R-CNN and Faster R-CNN have")
     r = cfg.model.rcnn
     return RCNN(backbone, class_names, crop_size=r.crop_size, context=r.context, fc_dim=r.fc_dim,
                 batch_rois=r.batch_rois, fg_fraction=r.fg_fraction, fg_iou=r.fg_iou,
@@ -47,14 +48,19 @@ def _build_rcnn(cfg, backbone, class_names: List[str]) -> RCNN:
 
 def _build_fast_rcnn(cfg, backbone, class_names: List[str]) -> FastRCNN:
     f = cfg.model.fast_rcnn
+    if f.pyramid_scales and cfg.model.test_scales:
+        raise ConfigError(f"model.test_scales={cfg.model.test_scales} and model.fast_rcnn.pyramid_scales="
+                          f"{f.pyramid_scales}: choose one multi-scale test (pyramid: each RoI pooled from the "
+                          f"scale that suits its size; test_scales: every scale's view averaged)")
     return FastRCNN(backbone, build_roi_head(cfg, backbone, len(class_names)), class_names,
                     proposer=build_external_proposer(cfg), pyramid_scales=f.pyramid_scales,
-                    pyramid_roi_size=f.pyramid_roi_size, test_flip=cfg.model.test_flip)
+                    pyramid_roi_size=f.pyramid_roi_size, test_flip=cfg.model.test_flip,
+                    test_scales=cfg.model.test_scales)
 
 
 def _build_faster_rcnn(cfg, backbone, class_names: List[str]) -> FasterRCNN:
     return FasterRCNN(backbone, build_rpn(cfg, backbone), build_roi_head(cfg, backbone, len(class_names)),
-                      class_names, test_flip=cfg.model.test_flip)
+                      class_names, test_flip=cfg.model.test_flip, test_scales=cfg.model.test_scales)
 
 
 # in the order the papers came, which is the order the stage benchmark shows them in

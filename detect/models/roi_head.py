@@ -249,14 +249,28 @@ class RoIHead(nn.Module):
 
     @torch.no_grad()
     def postprocess(self, class_logits: torch.Tensor, box_deltas: torch.Tensor, proposals: List[torch.Tensor],
-                    image_sizes: Sequence[ImageSize], flipped: bool = False) -> List[Dict[str, torch.Tensor]]:
-        """One dict of detections per image (:func:`select_detections`).
+                    image_sizes: Sequence[ImageSize], flipped: bool = False,
+                    views: Sequence[List[Tuple[torch.Tensor, torch.Tensor]]] = ()) -> List[Dict[str, torch.Tensor]]:
+        """One dict of detections per image: :meth:`decode`, then :meth:`select`. ``views``: the same
+        RoIs' boxes and probabilities per image as other views saw them (test-time scales, already in
+        these images' pixels), averaged in RoI for RoI."""
+        per_image = self.decode(class_logits, box_deltas, proposals)
+        if views:
+            k = len(views) + 1
+            per_image = [((sum(v[i][0] for v in views) + boxes) / k, (sum(v[i][1] for v in views) + scores) / k)
+                         for i, (boxes, scores) in enumerate(per_image)]
+        return self.select(per_image, image_sizes, flipped=flipped)
 
-        ``flipped``: the second half of ``proposals`` (and of ``image_sizes``) are the mirror images of
+    @torch.no_grad()
+    def select(self, per_image: List[Tuple[torch.Tensor, torch.Tensor]], image_sizes: Sequence[ImageSize],
+               flipped: bool = False) -> List[Dict[str, torch.Tensor]]:
+        """One dict of detections per image (:func:`select_detections`) from each image's decoded
+        boxes ``(R_i, C, 4)`` and class probabilities ``(R_i, C)``.
+
+        ``flipped``: the second half of the images (and of ``image_sizes``) are the mirror images of
         the first half's, RoI for RoI (test-time flip, ``detect.models.two_stage``). Each RoI's class
         probabilities and its boxes, mirrored back, are averaged over the two views before the
         detections are selected; one dict per image of the first half."""
-        per_image = self.decode(class_logits, box_deltas, proposals)
         if flipped:
             n = len(per_image) // 2
             image_sizes = image_sizes[:n]

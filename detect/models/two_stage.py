@@ -20,6 +20,12 @@ mirrored), each RoI's class probabilities and boxes averaged over the two views 
 are selected (``RoIHead.postprocess(flipped=True)``). About twice the inference time; the detections
 of an image's mirror image are the mirror of the image's.
 
+Test-time scales (``test_scales``, ``model.test_scales``, e.g. ``[0.75]``): for each factor the backbone
+runs again on copies of the images (the mirror images too, with flip) resized by it, and these views
+score the same RoIs, scaled to them; each RoI's class probabilities and boxes (scaled back) are
+averaged over all views. The proposals come from the images at their own size alone. Each factor adds
+about a backbone and an RoI head's run at its scale.
+
 The forward is the same on every device and contains no speed policy: the CPU choices (one image at
 a time, NNPACK convolutions, RoIs classified in chunks) are applied from outside by the inference
 runtime (``detect.engine.runtime``). Each phase runs inside a ``torch.profiler.record_function``
@@ -99,6 +105,8 @@ class TwoStageDetector(nn.Module):
         class_names: the ``C`` class names, label ``i`` is ``class_names[i - 1]``.
         test_flip: at inference, also run each image's mirror image and average the two views
             (module docstring).
+        test_scales: at inference, also score the RoIs on the images resized by each of these factors
+            and average all views (module docstring).
     """
 
     # the attribute, and state-dict prefix, the proposer is registered under (Faster R-CNN: "rpn",
@@ -106,7 +114,7 @@ class TwoStageDetector(nn.Module):
     proposer_attr = "proposer"
 
     def __init__(self, backbone: Backbone, proposer: nn.Module, roi_head: RoIHead, class_names: Sequence[str],
-                 test_flip: bool = False):
+                 test_flip: bool = False, test_scales: Sequence[float] = ()):
         super().__init__()
         # padded to the largest stride of the conv stages (FPN's extra max-pooled level takes any
         # size, as in torchvision): 480 rows stay 480 at stride 32 instead of 512 at 64
@@ -116,6 +124,7 @@ class TwoStageDetector(nn.Module):
         self.roi_head = roi_head
         self.class_names = list(class_names)
         self.test_flip = test_flip
+        self.test_scales = [float(s) for s in test_scales]
 
     @property
     def proposer(self) -> nn.Module:
@@ -151,11 +160,29 @@ class TwoStageDetector(nn.Module):
                 return {**proposer_losses, **self.roi_head(features, rois, sizes, targets)}
         with record_function("detect.roi_head"):
             class_logits, box_deltas = self.roi_head.predict(features, rois)
+        with record_function("detect.test_scales"):
+            views = [self.scaled_view(images, rois, scale) for scale in self.test_scales]
         with record_function("detect.postprocess"):
-            return self.postprocess(class_logits, box_deltas, rois, sizes, flipped=flip)
+            return self.postprocess(class_logits, box_deltas, rois, sizes, flipped=flip, views=views)
+
+    def scaled_view(self, images: List[torch.Tensor], rois: List[torch.Tensor], scale: float
+                    ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """The RoIs ``(R_i, 4)`` of ``images`` scored on copies of the images resized by ``scale``: per
+        image the boxes per class ``(R_i, C, 4)``, in the images' own pixels, and the class
+        probabilities ``(R_i, C)`` (``RoIHead.decode``)."""
+        # with the factor given (not recomputed from the rounded sizes) the resize maps x to x * scale
+        # exactly, so RoIs and boxes convert by the factor alone
+        resized = [F.interpolate(im[None], scale_factor=scale, mode="bilinear", align_corners=False,
+                                 recompute_scale_factor=False)[0] for im in images]
+        batch, _ = self.batcher(resized)
+        scaled = [r * scale for r in rois]
+        class_logits, box_deltas = self.roi_head.predict(self.backbone(batch), scaled)
+        return [(boxes / scale, scores) for boxes, scores in self.roi_head.decode(class_logits, box_deltas, scaled)]
 
     def postprocess(self, class_logits: torch.Tensor, box_deltas: torch.Tensor, rois: List[torch.Tensor],
-                    image_sizes: Sequence[Tuple[int, int]], flipped: bool = False) -> List[Dict[str, torch.Tensor]]:
+                    image_sizes: Sequence[Tuple[int, int]], flipped: bool = False,
+                    views: Sequence[List[Tuple[torch.Tensor, torch.Tensor]]] = ()) -> List[Dict[str, torch.Tensor]]:
         """Detections per image from the RoI head's outputs: decode, clip, score floor, per-class NMS
-        (``flipped``: the second half are the mirror views, averaged in; ``RoIHead.postprocess``)."""
-        return self.roi_head.postprocess(class_logits, box_deltas, rois, image_sizes, flipped=flipped)
+        (``flipped``: the second half are the mirror views, averaged in; ``views``: the same RoIs'
+        decoded boxes and probabilities from other test scales, averaged in; ``RoIHead.postprocess``)."""
+        return self.roi_head.postprocess(class_logits, box_deltas, rois, image_sizes, flipped=flipped, views=views)

@@ -189,6 +189,25 @@ def test_test_flip_exports_with_both_views_in_the_graph(trained, tmp_path):
     assert len(plain["scores"]) != len(got["scores"]) or not np.allclose(plain["scores"], got["scores"], atol=1e-4)
 
 
+def test_test_scales_export_with_every_scale_in_the_graph(trained, tmp_path):
+    # 171 px wide: 128.25 at 0.75, so the graph must round the resized side as PyTorch does
+    overrides = ["model.test_scales=[0.75]", "model.test_flip=true"]
+    model, cfg = load_model(trained["checkpoint"], overrides=overrides)
+    path = sorted((trained["data"] / "images" / "test").iterdir())[0]
+    image = torch.from_numpy(cv2.resize(read_image(path), (171, 128))).permute(2, 0, 1).float() / 255
+    ref = _detections(model, image)
+    export_onnx(model, cfg, tmp_path / "scales.onnx")
+    onnx_model, onnx_cfg = load_model(tmp_path / "scales.onnx")
+    assert onnx_cfg.model.test_scales == [0.75]
+    got = _detections(onnx_model, image)
+    assert len(ref["scores"]) > 0 and len(got["scores"]) == len(ref["scores"])
+    np.testing.assert_allclose(got["scores"].numpy(), ref["scores"].numpy(), atol=1e-4)
+    np.testing.assert_allclose(got["boxes"].numpy(), ref["boxes"].numpy(), atol=0.01)
+    flip_only = _detections(load_model(trained["checkpoint"], overrides=["model.test_scales=[]", *overrides[1:]])[0],
+                            image)
+    assert len(flip_only["scores"]) != len(got["scores"]) or not np.allclose(flip_only["scores"], got["scores"], atol=1e-4)
+
+
 def test_box_voting_exports_and_soft_nms_exports_as_nms_and_says_so(trained, tmp_path, caplog):
     # voting at 0.5: this barely trained model has few boxes at IoU 0.8 with those NMS keeps
     overrides = ["model.roi_head.box_vote_iou=0.5", "model.roi_head.soft_nms_sigma=0.5"]
