@@ -87,5 +87,5 @@ def test_training_ignores_test_flip(tiny_frcnn, shapes_dir):
 
 def test_rcnn_refuses_test_flip_by_name():
     cfg = load_config("configs/rcnn/shapes.yaml", ["model.test_flip=true", "data.classes=[a,b]"])
-    with pytest.raises(ConfigError, match="model.test_flip: R-CNN has no test-time flip"):
+    with pytest.raises(ConfigError, match="model.test_flip: R-CNN has no test-time views"):
         build_model(cfg)

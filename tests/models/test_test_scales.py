@@ -73,7 +73,7 @@ def test_a_view_at_half_size_scores_the_rois_halved_and_its_boxes_are_doubled(ti
 
 
 def test_a_view_at_scale_one_changes_nothing(tiny_frcnn, shapes_dir):
-    plain, _ = load_model(tiny_frcnn)
+    plain, _ = load_model(tiny_frcnn, overrides=["model.test_scales=[]"])  # shapes.yaml has [0.75]
     same, _ = load_model(tiny_frcnn, overrides=["model.test_scales=[1.0]"])
     other, _ = load_model(tiny_frcnn, overrides=["model.test_scales=[0.5]"])
     image = _first_test_image(shapes_dir, (128, 170))
