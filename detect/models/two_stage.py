@@ -34,6 +34,7 @@ the postprocess by wrapping them from outside around this same forward.
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -170,6 +171,10 @@ class TwoStageDetector(nn.Module):
         """The RoIs ``(R_i, 4)`` of ``images`` scored on copies of the images resized by ``scale``: per
         image the boxes per class ``(R_i, C, 4)``, in the images' own pixels, and the class
         probabilities ``(R_i, C)`` (``RoIHead.decode``)."""
+        # a side that would shrink below one pixel (a 1-px strip at 0.75) is first padded with the mean
+        # colour at the bottom / right, as the batcher pads: the pixels and the mapping stay where they were
+        least = math.ceil(1 / scale)
+        images = [im if min(im.shape[1], im.shape[2]) >= least else self._mean_canvas(im, least) for im in images]
         # with the factor given (not recomputed from the rounded sizes) the resize maps x to x * scale
         # exactly, so RoIs and boxes convert by the factor alone
         resized = [F.interpolate(im[None], scale_factor=scale, mode="bilinear", align_corners=False,
@@ -178,6 +183,12 @@ class TwoStageDetector(nn.Module):
         scaled = [r * scale for r in rois]
         class_logits, box_deltas = self.roi_head.predict(self.backbone(batch), scaled)
         return [(boxes / scale, scores) for boxes, scores in self.roi_head.decode(class_logits, box_deltas, scaled)]
+
+    def _mean_canvas(self, image: torch.Tensor, least: int) -> torch.Tensor:
+        """``image`` (3xHxW) at the top left of a canvas of the mean colour at least ``least`` px a side."""
+        canvas = self.batcher.mean.expand(3, max(image.shape[1], least), max(image.shape[2], least)).clone()
+        canvas[:, :image.shape[1], :image.shape[2]] = image
+        return canvas
 
     def postprocess(self, class_logits: torch.Tensor, box_deltas: torch.Tensor, rois: List[torch.Tensor],
                     image_sizes: Sequence[Tuple[int, int]], flipped: bool = False,

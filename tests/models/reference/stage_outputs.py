@@ -51,7 +51,7 @@ def outputs() -> Dict[str, np.ndarray]:
                              "model.rpn.aspect_ratios=[0.5,1.0,2.0]", "model.rpn.post_nms_topk_test=50",
                              "model.roi_head.pooler=pool", "model.roi_head.canonical_size=224",
                              "model.roi_head.soft_nms_sigma=0", "model.roi_head.box_vote_iou=0",
-                             "model.test_flip=false"],
+                             "model.test_flip=false", "model.test_scales=[]"],
              "fast_rcnn": ["model.proposals.topk_test=60"],
              "rcnn": ["model.proposals.topk_test=60", "model.rcnn.crop_size=32", "model.rcnn.context=2",
                       "model.rcnn.fc_dim=64"]}
