@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import record_function
 
 from detect.models.backbones import Backbone
@@ -76,8 +75,7 @@ class FastRCNN(TwoStageDetector):
             chosen = torch.nonzero(level == s_index).flatten()
             if chosen.numel() == 0:
                 continue
-            scaled = [F.interpolate(im[None], scale_factor=scale, mode="bilinear", align_corners=False,
-                                    recompute_scale_factor=False)[0] for im in images]
+            scaled = self.resized_images(images, scale)
             batch, _ = self.batcher(scaled)
             features = self.backbone(batch)
             groups = [chosen[owner[chosen] == i] for i in range(len(images))]  # this scale's RoIs per image

@@ -171,24 +171,27 @@ class TwoStageDetector(nn.Module):
         """The RoIs ``(R_i, 4)`` of ``images`` scored on copies of the images resized by ``scale``: per
         image the boxes per class ``(R_i, C, 4)``, in the images' own pixels, and the class
         probabilities ``(R_i, C)`` (``RoIHead.decode``)."""
-        # a side that would shrink below one pixel (a 1-px strip at 0.75) is first padded with the mean
-        # colour at the bottom / right, as the batcher pads: the pixels and the mapping stay where they were
-        least = math.ceil(1 / scale)
-        images = [im if min(im.shape[1], im.shape[2]) >= least else self._mean_canvas(im, least) for im in images]
-        # with the factor given (not recomputed from the rounded sizes) the resize maps x to x * scale
-        # exactly, so RoIs and boxes convert by the factor alone
-        resized = [F.interpolate(im[None], scale_factor=scale, mode="bilinear", align_corners=False,
-                                 recompute_scale_factor=False)[0] for im in images]
-        batch, _ = self.batcher(resized)
+        batch, _ = self.batcher(self.resized_images(images, scale))
         scaled = [r * scale for r in rois]
         class_logits, box_deltas = self.roi_head.predict(self.backbone(batch), scaled)
         return [(boxes / scale, scores) for boxes, scores in self.roi_head.decode(class_logits, box_deltas, scaled)]
 
-    def _mean_canvas(self, image: torch.Tensor, least: int) -> torch.Tensor:
-        """``image`` (3xHxW) at the top left of a canvas of the mean colour at least ``least`` px a side."""
-        canvas = self.batcher.mean.expand(3, max(image.shape[1], least), max(image.shape[2], least)).clone()
-        canvas[:, :image.shape[1], :image.shape[2]] = image
-        return canvas
+    def resized_images(self, images: List[torch.Tensor], scale: float) -> List[torch.Tensor]:
+        """Copies of ``images`` (3xHxW) resized by ``scale``, a pixel at ``x`` moving to ``x * scale``
+        exactly, so that boxes convert by the factor alone (test-time scales, Fast R-CNN's pyramid)."""
+        out = []
+        for im in images:
+            least = math.ceil(1 / scale)
+            if min(im.shape[1], im.shape[2]) < least:
+                # a side that would shrink below one pixel (a 1-px strip at 0.75) is first padded with the
+                # mean colour at the bottom / right, as the batcher pads: the pixels stay where they were
+                canvas = self.batcher.mean.expand(3, max(im.shape[1], least), max(im.shape[2], least)).clone()
+                canvas[:, :im.shape[1], :im.shape[2]] = im
+                im = canvas
+            # the factor given, not recomputed from the rounded sizes: the mapping stays exactly x * scale
+            out.append(F.interpolate(im[None], scale_factor=scale, mode="bilinear", align_corners=False,
+                                     recompute_scale_factor=False)[0])
+        return out
 
     def postprocess(self, class_logits: torch.Tensor, box_deltas: torch.Tensor, rois: List[torch.Tensor],
                     image_sizes: Sequence[Tuple[int, int]], flipped: bool = False,
