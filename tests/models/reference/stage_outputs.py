@@ -44,12 +44,12 @@ def outputs() -> Dict[str, np.ndarray]:
 
     common = ["data.classes=[rectangle,ellipse,triangle]", "input.min_size_test=96", "input.max_size=128",
               "model.roi_head.score_thresh=0.0", "device=cpu"]
-    # the RoI head as the shapes config had it when the reference was stored (RoI max pool, FPN's 224,
+    # the RoI head as the shapes config had it when the reference was stored (RoI max pool on a 7x7 grid, FPN's 224,
     # NMS without box voting, one view at test time): the reference holds the models' code to its results, whatever the
     # config ships since
     extra = {"faster_rcnn": ["model.rpn.anchor_sizes=[[16,32],[32,64],[64,128],[128,256]]",
                              "model.rpn.aspect_ratios=[0.5,1.0,2.0]", "model.rpn.post_nms_topk_test=50",
-                             "model.roi_head.pooler=pool", "model.roi_head.canonical_size=224",
+                             "model.roi_head.pooler=pool", "model.roi_head.resolution=7", "model.roi_head.canonical_size=224",
                              "model.roi_head.soft_nms_sigma=0", "model.roi_head.box_vote_iou=0",
                              "model.test_flip=false", "model.test_scales=[]"],
              "fast_rcnn": ["model.proposals.topk_test=60"],
