@@ -8,3 +8,7 @@ Contracts used everywhere in the package (README, "Contracts"):
 """
 
 __version__ = "0.1.0"
+
+from detect import _moved
+
+_moved.install()

@@ -39,7 +39,7 @@ def tiny_frcnn(tmp_path_factory, shapes_dir) -> Path:
     """The checkpoint of a tiny Faster R-CNN (the quickstart's config, fc 64) trained 40 iterations on
     ``shapes_dir``: distinct scores, so its detections have an order. Tests read it, never write it."""
     from detect.config import load_config
-    from detect.engine.trainer import train
+    from detect.training.trainer import train
 
     out = tmp_path_factory.mktemp("tiny_frcnn")
     cfg = load_config("configs/faster_rcnn/shapes.yaml", [

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from detect.config import load_config
-from detect.utils.cli import run_cli, setup_logging
+from detect.cli.common import run_cli, setup_logging
 
 
 def load_with_data_root(path: str, overrides, data_root: str):
@@ -56,7 +56,7 @@ def cmd_frcnn(args) -> int:
 
 
 def cmd_infer(args) -> int:
-    from detect.benchmark.infer import format_infer, run_infer_benchmark
+    from detect.benchmark.folder_throughput import format_infer, run_infer_benchmark
 
     rows = run_infer_benchmark(args.checkpoint, args.input, args.batch_size, args.workers, not args.no_save_images,
                                args.limit)
@@ -67,7 +67,7 @@ def cmd_infer(args) -> int:
 
 
 def cmd_proposals(args) -> int:
-    from detect.benchmark.proposals import format_proposal_benchmark, run_proposal_benchmark
+    from detect.benchmark.selective_search import format_proposal_benchmark, run_proposal_benchmark
     from detect.data.build import build_dataset
 
     cfg = load_config(args.config, args.overrides)

@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from detect.engine.compress import compress_checkpoint, parameter_count, time_box_head
-from detect.engine.device import resolve_device
-from detect.engine.evaluation import evaluate
-from detect.utils.cli import run_cli, setup_logging
+from detect.compression.svd_checkpoint import compress_checkpoint, parameter_count, time_box_head
+from detect.utils.device import resolve_device
+from detect.evaluation.metrics import evaluate
+from detect.cli.common import run_cli, setup_logging
 
 COMMANDS = ("svd", "prune", "report")
 
@@ -66,7 +66,7 @@ def svd(argv) -> int:
 
 
 def prune(argv) -> int:
-    from detect.engine.prune import PRUNE_METHODS, UNIT_CRITERIA, PruneSpec, prune_checkpoint
+    from detect.compression.pruning_runs import PRUNE_METHODS, UNIT_CRITERIA, PruneSpec, prune_checkpoint
 
     parser = argparse.ArgumentParser(prog="compress.py prune", description="weight, unit or Fisher pruning")
     parser.add_argument("--checkpoint", required=True)
@@ -106,7 +106,7 @@ def prune(argv) -> int:
 
 
 def report(argv) -> int:
-    from detect.engine.compress_report import compression_report
+    from detect.compression.sparsity_report import compression_report
 
     parser = argparse.ArgumentParser(prog="compress.py report",
                                      description="SVD, weight, unit and Fisher pruning against sparsity")

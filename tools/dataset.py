@@ -21,7 +21,7 @@ from detect.config import load_config
 from detect.data.build import build_dataset
 from detect.data.coco import to_coco_dict
 from detect.data.stats import dataset_stats, format_stats, unreadable_images
-from detect.utils.cli import run_cli, setup_logging
+from detect.cli.common import run_cli, setup_logging
 from detect.utils.visualize import draw_boxes, write_image
 
 

@@ -18,12 +18,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from detect.engine.checkpoint import load_model
-from detect.engine.device import resolve_device
-from detect.engine.evaluation import evaluate, evaluate_detections, format_metrics
-from detect.engine.report import write_report
-from detect.engine.results_io import load_ground_truth, load_results, results_to_detections
-from detect.utils.cli import run_cli, setup_logging
+from detect.inference.loading import load_model
+from detect.utils.device import resolve_device
+from detect.evaluation.metrics import evaluate, evaluate_detections, format_metrics
+from detect.evaluation.report import write_report
+from detect.evaluation.results_files import load_ground_truth, load_results, results_to_detections
+from detect.cli.common import run_cli, setup_logging
 
 
 def _report(folder, image_dir, title):

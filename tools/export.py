@@ -23,12 +23,12 @@ from pathlib import Path
 from detect.config import load_config
 from detect.data.build import build_dataset
 from detect.data.folder import list_images
-from detect.engine.checkpoint import load_model
-from detect.engine.export import DEFAULT_OPSET, export_onnx, parity_report
-from detect.engine.predictor import Predictor
-from detect.engine.quantize import calibration_images, quantize_onnx
+from detect.inference.loading import load_model
+from detect.export.onnx_export import DEFAULT_OPSET, export_onnx, parity_report
+from detect.inference.predictor import Predictor
+from detect.export.int8 import calibration_images, quantize_onnx
 from detect.errors import CheckpointError, DatasetError
-from detect.utils.cli import run_cli, setup_logging
+from detect.cli.common import run_cli, setup_logging
 
 
 def calibration_paths(source, cfg):

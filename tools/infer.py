@@ -17,10 +17,10 @@ import os
 import sys
 from pathlib import Path
 
-from detect.data.dataset import DatasetError
-from detect.engine.infer_folder import VIDEO_EXTENSIONS, format_summary, run_folder, run_video
-from detect.engine.predictor import Predictor
-from detect.utils.cli import run_cli, setup_logging
+from detect.data.detection_dataset import DatasetError
+from detect.inference.folders import VIDEO_EXTENSIONS, format_summary, run_folder, run_video
+from detect.inference.predictor import Predictor
+from detect.cli.common import run_cli, setup_logging
 
 
 def main(argv=None) -> int:

@@ -23,7 +23,7 @@ from detect.data.build import build_dataset
 from detect.proposals.cache import compute_proposals, default_proposals_path
 from detect.proposals.files import load_proposals, proposals_for_records
 from detect.proposals.recall import evaluate_proposal_recall, format_recall
-from detect.utils.cli import run_cli, setup_logging
+from detect.cli.common import run_cli, setup_logging
 
 
 def cmd_compute(args) -> int:

@@ -21,10 +21,10 @@ from detect.config import load_config
 from detect.data.build import build_dataset
 from detect.data.stats import dataset_stats, format_stats
 from detect.data.synthetic import generate_dataset
-from detect.engine.infer_folder import format_summary, run_folder
-from detect.engine.predictor import Predictor
-from detect.engine.trainer import Trainer
-from detect.utils.cli import run_cli, setup_logging
+from detect.inference.folders import format_summary, run_folder
+from detect.inference.predictor import Predictor
+from detect.training.trainer import Trainer
+from detect.cli.common import run_cli, setup_logging
 
 CONFIG = "configs/faster_rcnn/shapes.yaml"
 # iterations behind the README's figure (fresh clones, 4 minutes on an AMD EPYC of CPU family 26: 3,290-3,563

@@ -15,8 +15,8 @@ import os
 import sys
 
 from detect.config import load_config
-from detect.engine.trainer import TrainingDiverged, train
-from detect.utils.cli import run_cli, setup_logging
+from detect.training.trainer import TrainingDiverged, train
+from detect.cli.common import run_cli, setup_logging
 
 
 def main(argv=None) -> int:

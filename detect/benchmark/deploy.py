@@ -21,12 +21,12 @@ import torch
 from detect.benchmark.frcnn import torchvision_model
 from detect.data.build import build_dataset
 from detect.data.image_io import read_image
-from detect.engine.checkpoint import load_model
-from detect.engine.evaluation import evaluate
-from detect.engine.export import export_onnx
-from detect.engine.predictor import Predictor
-from detect.engine.quantize import calibration_images, quantize_onnx
-from detect.engine.runtime import prepare_for_inference, run_model
+from detect.inference.loading import load_model
+from detect.evaluation.metrics import evaluate
+from detect.export.onnx_export import export_onnx
+from detect.inference.predictor import Predictor
+from detect.export.int8 import calibration_images, quantize_onnx
+from detect.inference.runtime import prepare_for_inference, run_model
 
 BACKENDS = ("pytorch_fp32", "onnxruntime_fp32", "onnxruntime_int8", "torchvision_fp32")
 

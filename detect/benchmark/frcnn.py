@@ -24,7 +24,7 @@ from detect.config import Config, config_from_dict
 from detect.data.build import build_dataset
 from detect.data.collate import collate_detection
 from detect.data.transforms import build_transforms
-from detect.engine.runtime import prepare_for_inference
+from detect.inference.runtime import prepare_for_inference
 from detect.models import build_model
 from detect.models.anchor_fit import settle_anchors
 
@@ -186,7 +186,7 @@ def accuracy_same_budget(cfg: Config, minutes: float, output_dir) -> Dict[str, A
     same data, schedule and batch size, then evaluate both with the same evaluator."""
     from pathlib import Path
 
-    from detect.engine.trainer import train
+    from detect.training.trainer import train
 
     data = with_classes(cfg, build_dataset(cfg, "train", check_files=False).class_names).to_dict()
     data["train"].update(max_minutes=float(minutes), max_iter=10 ** 9, eval_period=0)

@@ -32,12 +32,13 @@ from detect.data.coco import to_coco_dict
 from detect.data.collate import collate_detection, image_to_tensor
 from detect.data.image_io import read_image
 from detect.data.transforms import boxes_to_original, build_transforms
-from detect.engine.checkpoint import load_checkpoint, load_model
-from detect.engine.errors import ERROR_TYPES, analyse_errors
-from detect.engine.evaluation import evaluate_detections, to_coco_results
-from detect.engine.inference import to_original
-from detect.engine.runtime import prepare_for_inference, run_model, timed_calls
-from detect.engine.trainer import train
+from detect.checkpoint.storage import load_checkpoint
+from detect.inference.loading import load_model
+from detect.evaluation.error_analysis import ERROR_TYPES, analyse_errors
+from detect.evaluation.metrics import evaluate_detections, to_coco_results
+from detect.inference.over_dataset import to_original
+from detect.inference.runtime import prepare_for_inference, run_model, timed_calls
+from detect.training.trainer import train
 from detect.models.faster_rcnn import FasterRCNN
 from detect.models.registry import STAGES as REGISTRY
 from detect.proposals.attach import attach_proposals
@@ -295,7 +296,7 @@ def format_markdown(result: Dict[str, Any]) -> str:
               f"| Fast R-CNN / Faster R-CNN, with proposals | {r['fast_rcnn_over_faster_rcnn_total']:.1f}x | about 10x |",
               f"| Fast R-CNN / Faster R-CNN, network | {r['fast_rcnn_over_faster_rcnn_network']:.1f}x | |",
               "", "Where each stage loses AP50: the points gained if every error of a type were fixed (TIDE's "
-              "oracles, `detect/engine/errors.py`), and the count of each type.", "",
+              "oracles, `detect/evaluation/error_analysis.py`), and the count of each type.", "",
               "| stage | " + " | ".join(ERROR_TYPES) + " | dominant |", "|---|" + "---|" * (len(ERROR_TYPES) + 1)]
     for st in result["stages"].values():
         e = st["errors"]

@@ -2,7 +2,7 @@
 from detect.data.build import build_dataset
 from detect.data.coco import load_coco, to_coco_dict
 from detect.data.collate import collate_detection, image_to_tensor
-from detect.data.dataset import CategoryMap, DatasetError, DetectionDataset, ImageRecord, Problem
+from detect.data.detection_dataset import CategoryMap, DatasetError, DetectionDataset, ImageRecord, Problem
 from detect.data.folder import ImageFolder, list_images
 from detect.data.image_io import IMAGE_EXTENSIONS, ImageReadError, read_image
 from detect.data.samplers import GroupedBatchSampler, InfiniteSampler, aspect_ratio_groups

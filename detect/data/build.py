@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 from detect.data.coco import load_coco
-from detect.data.dataset import DatasetError, DetectionDataset
+from detect.data.detection_dataset import DatasetError, DetectionDataset
 from detect.data.voc import load_voc
 
 _REQUIRED = {"coco": ("ann_file", "img_dir"), "voc": ("root", "split")}

@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
-from detect.data.dataset import (CategoryMap, DatasetError, DetectionDataset, ImageRecord, Problem,
+from detect.data.detection_dataset import (CategoryMap, DatasetError, DetectionDataset, ImageRecord, Problem,
                                  RawObject, Transform, clean_objects,
                                  image_size_from_file)
 

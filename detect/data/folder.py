@@ -13,7 +13,7 @@ from typing import Callable, List, Optional, Tuple, Union
 import numpy as np
 from torch.utils.data import Dataset
 
-from detect.data.dataset import DatasetError
+from detect.data.detection_dataset import DatasetError
 from detect.data.image_io import ImageReadError, is_image_file, read_image
 
 

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from detect.data.dataset import DetectionDataset
+from detect.data.detection_dataset import DetectionDataset
 from detect.data.image_io import ImageReadError, read_image
 from detect.ops.boxes import box_area
 

@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
-from detect.data.dataset import (CategoryMap, DatasetError, DetectionDataset, ImageRecord, Problem,
+from detect.data.detection_dataset import (CategoryMap, DatasetError, DetectionDataset, ImageRecord, Problem,
                                  RawObject, Transform, clean_objects,
                                  image_size_from_file)
 

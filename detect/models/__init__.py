@@ -1,4 +1,4 @@
 """Detectors and their parts: backbones, anchors, RPN, RoI head, and the builder."""
-from detect.models.build import build_model
+from detect.models.registry import build_model
 
 __all__ = ["build_model"]

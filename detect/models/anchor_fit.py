@@ -360,7 +360,7 @@ def fit_config_anchors(cfg, boxes: np.ndarray, labels: np.ndarray, class_names: 
     """The anchors ``cfg`` uses and the ones fitted to ``boxes (N, 4)`` (at the training scale), with
     :func:`anchor_report` of both. Of ``auto`` keys only those are fitted (``anchor_sizes: auto`` with
     fixed ratios fits the sizes around them); a config without ``auto`` gets both fitted, to compare."""
-    from detect.models.build import configured_anchors, rpn_strides
+    from detect.models.parts import configured_anchors, rpn_strides
 
     r = cfg.model.rpn
     strides = rpn_strides(cfg)

@@ -27,7 +27,7 @@ class FastRCNN(TwoStageDetector):
     """Backbone and RoI head over external proposals (``model.proposer``).
 
     Args:
-        backbone, roi_head: shared parts (see ``detect.models.build``).
+        backbone, roi_head: shared parts (see ``detect.models.parts``).
         class_names: the ``C`` class names, label ``i`` is ``class_names[i - 1]``.
         proposer: :class:`ExternalProposals` (selective search settings and top-k).
         pyramid_scales: image scale factors for multi-scale testing (empty: single scale).

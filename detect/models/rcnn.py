@@ -6,7 +6,7 @@ batch are cut in one ``roi_align`` call over the normalised images. A crop goes 
 backbone, global average pooling and one fully connected layer: that layer's output is the
 feature the SVMs and box regressors read.
 
-Training has three phases (``detect/engine/rcnn.py`` runs phases 2 and 3):
+Training has three phases (``detect/training/rcnn_phases.py`` runs phases 2 and 3):
 
 1. fine-tune the network as a (C+1)-way classifier on crops: this module's training forward, with
    128 crops per batch, 25% foreground (IoU >= 0.5), the rest background;

@@ -8,16 +8,16 @@ a new stage is one model file and one entry here.
   or selective search on the fly), so the datasets get ``data.<split>.proposals`` attached;
 - ``fits_anchors``: has an RPN whose ``auto`` anchors are fitted to the training boxes at the start;
 - ``after_training``: ``"module:function"`` run once on the trained model after the training loop
-  (R-CNN: its SVMs and box regressors, in ``detect.engine.rcnn``); named, not imported, because it
+  (R-CNN: its SVMs and box regressors, in ``detect.training.rcnn_phases``); named, not imported, because it
   lives in the engine, above the models.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 from detect.errors import ConfigError
-from detect.models.build import build_external_proposer, build_roi_head, build_rpn
+from detect.models.parts import backbone_from_config, build_external_proposer, build_roi_head, build_rpn
 from detect.models.fast_rcnn import FastRCNN
 from detect.models.faster_rcnn import FasterRCNN
 from detect.models.rcnn import RCNN
@@ -30,7 +30,7 @@ class Stage:
     build: Callable
     external_proposals: bool
     fits_anchors: bool = False
-    after_training: Optional[str] = None
+    after_training: bool = False
 
 
 def _build_rcnn(cfg, backbone, class_names: List[str]) -> RCNN:
@@ -66,7 +66,7 @@ def _build_faster_rcnn(cfg, backbone, class_names: List[str]) -> FasterRCNN:
 # in the order the papers came, which is the order the stage benchmark shows them in
 STAGES: Dict[str, Stage] = {s.type: s for s in (
     Stage("rcnn", "R-CNN", _build_rcnn, external_proposals=True,
-          after_training="detect.engine.rcnn:fit_svms_and_regressors"),
+          after_training="detect.training.rcnn_phases:fit_svms_and_regressors"),
     Stage("fast_rcnn", "Fast R-CNN", _build_fast_rcnn, external_proposals=True),
     Stage("faster_rcnn", "Faster R-CNN", _build_faster_rcnn, external_proposals=False, fits_anchors=True),
 )}
@@ -78,3 +78,13 @@ def stage_of(cfg) -> Stage:
         return STAGES[cfg.model.type]
     except KeyError:
         raise ConfigError(f"model.type {cfg.model.type!r} is not a stage; one of {list(STAGES)}") from None
+
+
+def build_model(cfg):
+    """Build the detector ``cfg.model.type`` names, for the classes in ``cfg.data.classes``."""
+    stage = stage_of(cfg)
+    class_names = list(cfg.data.classes)
+    if not class_names:
+        raise ValueError("data.classes is empty: the model needs the class names (the training tool fills "
+                         "them from the dataset; set data.classes=[a,b,...] otherwise)")
+    return stage.build(cfg, backbone_from_config(cfg), class_names)

@@ -156,7 +156,7 @@ class RoIHead(nn.Module):
         self.box_vote_iou = box_vote_iou
         self.soft_nms_sigma = soft_nms_sigma
         # without gradients, pool and classify at most this many bytes of pooled features per call
-        # (0: all RoIs at once); set by the inference runtime where it pays (detect.engine.runtime)
+        # (0: all RoIs at once); set by the inference runtime where it pays (detect.inference.runtime)
         self.predict_chunk_bytes = 0
 
     def forward(self, features: List[torch.Tensor], proposals: List[torch.Tensor], image_sizes: Sequence[ImageSize],

@@ -28,7 +28,7 @@ about a backbone and an RoI head's run at its scale.
 
 The forward is the same on every device and contains no speed policy: the CPU choices (one image at
 a time, NNPACK convolutions, RoIs classified in chunks) are applied from outside by the inference
-runtime (``detect.engine.runtime``). Each phase runs inside a ``torch.profiler.record_function``
+runtime (``detect.inference.runtime``). Each phase runs inside a ``torch.profiler.record_function``
 range named ``detect.<phase>``, so a profile shows them; the stage benchmark times the proposer and
 the postprocess by wrapping them from outside around this same forward.
 """

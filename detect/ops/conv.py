@@ -10,7 +10,7 @@ stay with it. Winograd's results differ from the direct convolution by about 1e-
 :class:`Conv3x3` is an ``nn.Conv2d`` (same parameters, same state-dict keys) that takes this path
 only without gradients, on float32 CPU tensors, for maps of at least :data:`MIN_PIXELS` cells and
 :data:`MIN_CHANNELS` input channels; everything else (training, CUDA, small maps) is ``nn.Conv2d``.
-Models are built with ``nn.Conv2d``; the inference runtime (``detect.engine.runtime.prepare_for_inference``)
+Models are built with ``nn.Conv2d``; the inference runtime (``detect.inference.runtime.prepare_for_inference``)
 turns their plain 3x3 convolutions into this class on the CPU. Set ``DETECT_NNPACK=0`` in the
 environment to turn it off.
 """

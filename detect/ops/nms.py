@@ -3,7 +3,7 @@ lowers their scores with :func:`soft_nms`, and may refine the kept boxes with th
 suppressed (:func:`box_voting`).
 
 On CUDA they are ``torchvision.ops.nms`` / ``batched_nms``. On CPU they run the greedy kernel of
-:mod:`detect.ops._kernels`, which keeps exactly the boxes torchvision keeps (same IoU arithmetic; a
+:mod:`detect.ops._cpu_kernels`, which keeps exactly the boxes torchvision keeps (same IoU arithmetic; a
 test holds them equal) but compares each box only with the boxes already kept and stops at
 ``max_keep``: the RPN asks for its 300 (or 1000) best proposals out of ~3000 candidates, the
 detector for its 100 best detections, and torchvision would finish the whole list first. Inside
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torchvision
 
-from detect.ops._kernels import greedy_nms, soft_nms_gaussian
+from detect.ops._cpu_kernels import greedy_nms, soft_nms_gaussian
 from detect.ops.boxes import box_iou
 
 

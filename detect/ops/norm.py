@@ -3,7 +3,7 @@
 ``torch.nn.functional.group_norm`` is the reference and the path everywhere else: on CUDA, on
 NCHW maps, in other dtypes, and inside ``torch.onnx`` export / ``torch.compile`` (whose graphs
 must hold the library's op). On a float32 channels-last CPU map it runs the kernels in
-:mod:`detect.ops._kernels`: PyTorch's own backward is slow there (forward and backward over
+:mod:`detect.ops._cpu_kernels`: PyTorch's own backward is slow there (forward and backward over
 [2, 64, 240, 320]: 65 ms against its 33 on the same map in NCHW, the kernels' 40;
 ``tools/benchmark.py ops``), and that is what kept a CPU backbone of depthwise and 1x1 convolutions
 (MobileNetV3) in NCHW, where oneDNN reorders each of their inputs and outputs. Forward alone,
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detect.ops._kernels import group_norm_nhwc, group_norm_nhwc_backward
+from detect.ops._cpu_kernels import group_norm_nhwc, group_norm_nhwc_backward
 
 
 def _uses_kernel(x: torch.Tensor, weight, bias) -> bool:

@@ -1,7 +1,7 @@
 """RoI pooling from a feature map of known stride (Fast R-CNN's RoI max pool, or RoI align).
 
 The kernels are ``torchvision.ops.roi_pool`` / ``roi_align`` (on float32 CPU maps: equivalent
-channels-last kernels of our own and their backward, see :mod:`detect.ops._kernels`); this
+channels-last kernels of our own and their backward, see :mod:`detect.ops._cpu_kernels`); this
 module fixes the conventions around them: boxes are xyxy in image pixels, the feature map's stride gives
 the spatial scale, and with several maps (FPN) each RoI is pooled from the level its size calls for (Lin
 et al. 2017, eq. 1).
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align, roi_pool
 
-from detect.ops._kernels import roi_align_nhwc, roi_align_nhwc_backward, roi_pool_backward, roi_pool_nhwc
+from detect.ops._cpu_kernels import roi_align_nhwc, roi_align_nhwc_backward, roi_pool_backward, roi_pool_nhwc
 
 POOL_MODES = ("pool", "align")
 
@@ -35,7 +35,7 @@ def _wants_grad(features: List[torch.Tensor]) -> bool:
 def _roi_align_cpu(feature: torch.Tensor, rois: torch.Tensor, index: torch.Tensor, out: torch.Tensor,
                    stride: int, sampling_ratio: int) -> None:
     """``out[index] = torchvision.ops.roi_align(feature, rois, ..., aligned=True)``, equal to it bit for
-    bit, through the channels-last kernel in :mod:`detect.ops._kernels` (3-4x faster on CPU)."""
+    bit, through the channels-last kernel in :mod:`detect.ops._cpu_kernels` (3-4x faster on CPU)."""
     nhwc = feature.detach().permute(0, 2, 3, 1).contiguous().numpy()
     roi_align_nhwc(nhwc, rois.detach().contiguous().numpy(), out.numpy(), index.numpy(), np.float32(1.0 / stride),
                    sampling_ratio, True)

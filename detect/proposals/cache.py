@@ -21,7 +21,7 @@ import numpy as np
 from detect.data.workers import die_with_parent
 from detect.errors import ProposalError
 from detect.proposals.files import FORMAT, image_keys, load_proposals, write_proposals
-from detect.utils.files import write_text_atomic
+from detect.utils.atomic import write_text_atomic
 
 LOG = logging.getLogger(__name__)
 # bump when selective search changes its output for the same settings, so old caches are refused

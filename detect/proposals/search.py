@@ -7,7 +7,7 @@ boxes are ranked by their position in their hierarchy (the top region first) tim
 random number in ``[0, 1)``, pooled, and de-duplicated keeping the best-ranked copy.
 
 OpenCV does the colour conversions and Gaussian filters; the loops over pixels, edges and
-merges are compiled (``_kernels.py``).
+merges are compiled (``_search_kernels.py``).
 """
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from detect.proposals import _kernels
+from detect.proposals import _search_kernels
 
 SIGMA = 0.8  # the paper's Felzenszwalb-Huttenlocher smoothing
 TEXTURE_SIGMA = 1.0  # Gaussian derivatives for the texture histograms
@@ -126,14 +126,14 @@ def _hierarchies(rgb: np.ndarray, strategies: Sequence[Strategy]) -> List[np.nda
         edges, colour_bins, tex_bins = per_space[space]
         key = (space, strategy.k)
         if key not in per_segmentation:
-            labels, count = _kernels.felzenszwalb(*edges, height * width, float(strategy.k),
+            labels, count = _search_kernels.felzenszwalb(*edges, height * width, float(strategy.k),
                                                   strategy.min_size)
-            features = _kernels.region_features(labels, count, width, colour_bins, tex_bins)
-            pairs = _kernels.adjacent_pairs(labels, height, width)
+            features = _search_kernels.region_features(labels, count, width, colour_bins, tex_bins)
+            pairs = _search_kernels.adjacent_pairs(labels, height, width)
             per_segmentation[key] = (features, pairs)
         (sizes, boxes, colour, texture), pairs = per_segmentation[key]
         sim = strategy.similarities
-        out.append(_kernels.hierarchical_grouping(
+        out.append(_search_kernels.hierarchical_grouping(
             sizes, boxes, colour, texture, pairs, "C" in sim, "T" in sim, "S" in sim, "F" in sim,
             float(height * width)))
     return out
@@ -145,13 +145,13 @@ def _colour_space_features(rgb: np.ndarray, space: str):
     height, width, channels = converted.shape
     as_float = converted.astype(np.float32)
     smoothed = _gaussian(as_float, SIGMA)
-    edges = _kernels.sorted_edges(smoothed)
-    colour_bins = (converted.reshape(-1, channels).astype(np.uint16) * _kernels.COLOUR_BINS // 256)
+    edges = _search_kernels.sorted_edges(smoothed)
+    colour_bins = (converted.reshape(-1, channels).astype(np.uint16) * _search_kernels.COLOUR_BINS // 256)
     colour_bins = colour_bins.astype(np.uint8)
     blurred = _gaussian(as_float, TEXTURE_SIGMA)
     dx = _reshape(cv2.Sobel(blurred, cv2.CV_32F, 1, 0, ksize=1, borderType=cv2.BORDER_REFLECT), channels)
     dy = _reshape(cv2.Sobel(blurred, cv2.CV_32F, 0, 1, ksize=1, borderType=cv2.BORDER_REFLECT), channels)
-    tex_bins = _kernels.texture_bins(dx, dy)
+    tex_bins = _search_kernels.texture_bins(dx, dy)
     return edges, colour_bins, tex_bins
 
 

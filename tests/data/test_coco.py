@@ -5,7 +5,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from detect.data.coco import load_coco, to_coco_dict
-from detect.data.dataset import DatasetError
+from detect.data.detection_dataset import DatasetError
 
 
 def test_parse_clean_and_report(coco_dir):

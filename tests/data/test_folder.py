@@ -3,7 +3,7 @@ import pytest
 from torch.utils.data import DataLoader
 
 from detect.data.collate import collate_detection
-from detect.data.dataset import DatasetError
+from detect.data.detection_dataset import DatasetError
 from detect.data.folder import ImageFolder, list_images
 from detect.data.transforms import DetectionTransform
 from tests.conftest import write_rgb

@@ -4,7 +4,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from detect.data.dataset import DatasetError
+from detect.data.detection_dataset import DatasetError
 from detect.data.image_io import read_image
 from detect.data.voc import load_voc
 from tests.conftest import write_rgb

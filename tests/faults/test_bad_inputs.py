@@ -16,14 +16,14 @@ from PIL import Image, ImageOps
 
 from detect.config import ConfigError, load_config
 from detect.data.coco import load_coco
-from detect.data.dataset import DatasetError
+from detect.data.detection_dataset import DatasetError
 from detect.data.image_io import ImageReadError, read_image
 from detect.data.stats import unreadable_images
-from detect.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from detect.engine.predictor import Predictor
-from detect.engine.trainer import Trainer
+from detect.checkpoint.storage import CheckpointError, load_checkpoint, save_checkpoint
+from detect.inference.predictor import Predictor
+from detect.training.trainer import Trainer
 from detect.models import build_model
-from detect.utils.cli import user_message
+from detect.cli.common import user_message
 from tests.conftest import REPO, write_rgb
 
 

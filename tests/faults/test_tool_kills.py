@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from detect.config import load_config
-from detect.engine.trainer import train
+from detect.training.trainer import train
 from detect.proposals.files import load_proposals
 from tests.faults.test_training_kills import launch
 
@@ -73,8 +73,8 @@ def test_infer_killed_twice_then_finished_writes_the_same_detections(folder_and_
     assert code == 0, out[-3000:]
     cut = tmp_path / "cut"
     # killed on entering the 4th finished image (3 written), then the 3rd of the rest; then from outside
-    for i, kill in enumerate(["call:detect.engine.infer_folder._finish_image:4",
-                              "call:detect.engine.infer_folder._finish_image:3"]):
+    for i, kill in enumerate(["call:detect.inference.folders._finish_image:4",
+                              "call:detect.inference.folders._finish_image:3"]):
         code, out = launch(kill, infer_args(checkpoint, folder, cut, i > 0), tmp_path / f"cut{i}.log")
         assert code == -signal.SIGKILL, out[-3000:]
         assert not (cut / "detections.json").exists()

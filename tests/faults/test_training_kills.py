@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from detect.data.synthetic import generate_dataset
-from detect.engine.checkpoint import load_checkpoint
+from detect.checkpoint.storage import load_checkpoint
 from tests.conftest import REPO
 
 # Each run counts its own steps and saves from its own start; checkpoints every 4 iterations, 20 in all.
@@ -27,7 +27,7 @@ KILLS = [
     "save:2:0.5",       # from 4: model_0000008 written, killed half way through model_0000012
     "step:3",           # from 8: iteration 11, between checkpoints
     "save:1:0.9",       # from 8: nine tenths of model_0000012 on disk, then killed
-    "call:detect.engine.trainer.loss_curve:1",  # from 8: after model_final.pth, before the evaluation
+    "call:detect.training.trainer.loss_curve:1",  # from 8: after model_final.pth, before the evaluation
 ]
 
 
@@ -147,8 +147,8 @@ def test_rcnn_killed_in_each_of_its_three_phases_resumes_to_the_same_model(shape
     assert code == 0, out[-3000:]
     cut = tmp_path / "cut"
     kills = ["step:5",                                         # phase 1: fine-tuning, iteration 5
-             "call:detect.engine.rcnn.box_iou:3",              # phase 2: two images' features in the cache
-             "call:detect.engine.rcnn.ridge_regression:2"]     # phase 3: one class's SVM and regressor done
+             "call:detect.training.rcnn_phases.box_iou:3",              # phase 2: two images' features in the cache
+             "call:detect.training.rcnn_phases.ridge_regression:2"]     # phase 3: one class's SVM and regressor done
     for i, kill in enumerate(kills):
         code, out = launch(kill, args(cut, i > 0), tmp_path / f"cut{i}.log")
         assert code == -signal.SIGKILL, (kill, code, out[-3000:])

@@ -12,9 +12,9 @@ import torch
 from detect.config import load_config
 from detect.data.image_io import read_image
 from detect.data.transforms import DetectionTransform
-from detect.engine.checkpoint import load_model
-from detect.engine.runtime import run_model
-from detect.engine.trainer import train
+from detect.inference.loading import load_model
+from detect.inference.runtime import run_model
+from detect.training.trainer import train
 from detect.models import build_model
 from detect.models.fast_rcnn import FastRCNN
 from detect.models.roi_head import TwoFCHead

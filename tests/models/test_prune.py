@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detect.models.prune import (UnitLayer, UnitMasks, cubic_sparsity, lowest, magnitude_masks, remove_units,
+from detect.models.pruning import (UnitLayer, UnitMasks, cubic_sparsity, lowest, magnitude_masks, remove_units,
                                  unit_layers, weight_norm_scores, weight_targets)
 from detect.models.roi_head import BoxPredictor, TwoFCHead
 

@@ -6,12 +6,12 @@ import numpy as np
 import torch
 
 from detect.config import load_config
-from detect.engine.checkpoint import load_model
-from detect.engine.evaluation import evaluate
-from detect.engine.prune import PruneSpec, prune_checkpoint
-from detect.engine.rcnn import extract_features
-from detect.engine.svm import mine_hard_negatives, ridge_regression, train_linear_svm, train_svm_with_hard_negatives
-from detect.engine.trainer import train
+from detect.inference.loading import load_model
+from detect.evaluation.metrics import evaluate
+from detect.compression.pruning_runs import PruneSpec, prune_checkpoint
+from detect.training.rcnn_phases import extract_features
+from detect.training.svm import mine_hard_negatives, ridge_regression, train_linear_svm, train_svm_with_hard_negatives
+from detect.training.trainer import train
 from detect.models import build_model
 from detect.ops import BoxCoder
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from detect.config import load_config
-from detect.engine.runtime import run_model
+from detect.inference.runtime import run_model
 from detect.models import build_model
 from detect.models.roi_head import BoxPredictor, RoIHead, TwoFCHead, select_detections
 from detect.ops import BalancedSampler, BoxCoder, Matcher, RoIPooler

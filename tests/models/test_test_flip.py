@@ -8,7 +8,7 @@ import torch
 
 from detect.config import load_config
 from detect.data.image_io import read_image
-from detect.engine.checkpoint import load_model
+from detect.inference.loading import load_model
 from detect.errors import ConfigError
 from detect.models import build_model
 from detect.models.roi_head import BoxPredictor, RoIHead, TwoFCHead

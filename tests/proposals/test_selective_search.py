@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from detect.proposals import MODES, Strategy, selective_search
-from detect.proposals import _kernels
+from detect.proposals import _search_kernels
 from detect.proposals.search import convert_colour
 
 
@@ -26,10 +26,10 @@ def test_two_flat_rectangles_give_exactly_them_and_their_union(mode):
 
 def test_felzenszwalb_splits_two_flat_regions_at_their_border():
     image = two_rectangles().astype(np.float32)
-    a, b, w = _kernels.sorted_edges(image)
-    assert np.all(np.diff(w) >= -1.0 / _kernels.WEIGHT_STEPS)  # sorted up to the counting step
+    a, b, w = _search_kernels.sorted_edges(image)
+    assert np.all(np.diff(w) >= -1.0 / _search_kernels.WEIGHT_STEPS)  # sorted up to the counting step
     assert len(w) == 19 * 40 + 20 * 39 + 2 * 19 * 39  # right, down and both diagonals
-    labels, count = _kernels.felzenszwalb(a, b, w, 20 * 40, 50.0, 50)
+    labels, count = _search_kernels.felzenszwalb(a, b, w, 20 * 40, 50.0, 50)
     labels = labels.reshape(20, 40)
     assert count == 2
     assert len(np.unique(labels[:, :20])) == 1 and len(np.unique(labels[:, 20:])) == 1
@@ -39,10 +39,10 @@ def test_felzenszwalb_splits_two_flat_regions_at_their_border():
 def test_min_size_merges_small_regions():
     image = np.zeros((10, 10, 3), np.float32)
     image[4:6, 4:6] = 255  # a 4-pixel island
-    a, b, w = _kernels.sorted_edges(image)
-    _, count = _kernels.felzenszwalb(a, b, w, 100, 1.0, 1)
+    a, b, w = _search_kernels.sorted_edges(image)
+    _, count = _search_kernels.felzenszwalb(a, b, w, 100, 1.0, 1)
     assert count == 2
-    _, count = _kernels.felzenszwalb(a, b, w, 100, 1.0, 5)
+    _, count = _search_kernels.felzenszwalb(a, b, w, 100, 1.0, 5)
     assert count == 1
 
 
@@ -54,7 +54,7 @@ def test_region_histograms_and_size_weighted_merge_equal_the_union_histogram():
     labels = np.zeros(height * width, np.int32)
     labels[: 3 * width] = 1  # top 3 rows region 1 (24 px), rest region 0 (24 px)
     labels[3 * width: 3 * width + 5] = 1  # region 1: 29 px, region 0: 19 px
-    sizes, boxes, colour, texture = _kernels.region_features(labels, 2, width, colour_bins, tex_bins)
+    sizes, boxes, colour, texture = _search_kernels.region_features(labels, 2, width, colour_bins, tex_bins)
     assert sizes.tolist() == [19, 29]
     assert boxes.tolist() == [[0, 3, 7, 5], [0, 0, 7, 3]]
     np.testing.assert_allclose(colour.sum(1), 1, rtol=1e-6)
@@ -63,10 +63,10 @@ def test_region_histograms_and_size_weighted_merge_equal_the_union_histogram():
     red = np.bincount(colour_bins[labels == 0, 0], minlength=25) / (19 * 3)
     np.testing.assert_allclose(colour[0, :25], red, rtol=1e-6)
 
-    merged = _kernels.merge_histograms(colour[0], sizes[0], colour[1], sizes[1])
-    _, _, union, union_tex = _kernels.region_features(np.zeros_like(labels), 1, width, colour_bins, tex_bins)
+    merged = _search_kernels.merge_histograms(colour[0], sizes[0], colour[1], sizes[1])
+    _, _, union, union_tex = _search_kernels.region_features(np.zeros_like(labels), 1, width, colour_bins, tex_bins)
     np.testing.assert_allclose(merged, union[0], atol=1e-6)
-    np.testing.assert_allclose(_kernels.merge_histograms(texture[0], 19.0, texture[1], 29.0), union_tex[0],
+    np.testing.assert_allclose(_search_kernels.merge_histograms(texture[0], 19.0, texture[1], 29.0), union_tex[0],
                                atol=1e-6)
 
 
@@ -79,7 +79,7 @@ def test_grouping_merges_the_most_similar_pair_first():
     colour[2, 1] = 1
     texture = np.full((3, 240), 1 / 240, np.float32)
     pairs = np.array([[0, 1], [1, 2]], np.int32)
-    out = _kernels.hierarchical_grouping(sizes, boxes, colour, texture, pairs, True, False, False, False, 30.0)
+    out = _search_kernels.hierarchical_grouping(sizes, boxes, colour, texture, pairs, True, False, False, False, 30.0)
     assert out.tolist() == [[0, 0, 1, 4], [2, 0, 3, 4], [4, 0, 5, 4], [0, 0, 3, 4], [0, 0, 5, 4]]
 
 
@@ -102,7 +102,7 @@ def test_adjacent_pairs_are_unique_and_include_diagonal_contact():
     labels = np.array([[0, 0, 1],
                        [0, 0, 1],
                        [2, 3, 3]], np.int32).ravel()
-    pairs = _kernels.adjacent_pairs(labels, 3, 3)
+    pairs = _search_kernels.adjacent_pairs(labels, 3, 3)
     assert pairs.tolist() == [[0, 1], [0, 2], [0, 3], [1, 3], [2, 3]]
 
 

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from detect.config import load_config
-from detect.engine import distributed as dist
-from detect.engine.trainer import Trainer, TrainingDiverged
+from detect.training import distributed as dist
+from detect.training.trainer import Trainer, TrainingDiverged
 
 
 def main() -> int:

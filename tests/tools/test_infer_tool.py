@@ -12,8 +12,8 @@ from pycocotools.coco import COCO
 
 from detect.config import load_config
 from detect.data.synthetic import generate_dataset
-from detect.engine import Predictor
-from detect.engine.trainer import train
+from detect.inference import Predictor
+from detect.training.trainer import train
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,8 +7,8 @@ import cv2
 import pytest
 import torch
 
-from detect.engine.checkpoint import load_model
-from detect.engine.trainer import evaluate
+from detect.inference.loading import load_model
+from detect.training.trainer import evaluate
 
 REPO = Path(__file__).resolve().parents[2]
 

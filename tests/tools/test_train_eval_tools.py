@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from detect.data import synthetic
-from detect.engine.checkpoint import load_checkpoint
+from detect.checkpoint.storage import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -86,7 +86,7 @@ def test_two_process_torchrun_matches_one_process(square_data, tmp_path):
     two = load_checkpoint(tmp_path / "two" / "model_final.pth")["model"]
     # Both runs start from the same seeded initialisation; rebuild it here to measure the update.
     from detect.config import load_config
-    from detect.engine.trainer import Trainer
+    from detect.training.trainer import Trainer
 
     init = Trainer(load_config("configs/faster_rcnn/shapes.yaml", common), tmp_path / "init", progress=False).model.state_dict()
     keys = [k for k in one if one[k].is_floating_point()]
