@@ -3,8 +3,10 @@
     cfg = load_config("configs/faster_rcnn/bccd.yaml", ["train.max_iter=2000", "input.min_size=[480,512]"])
     cfg.train.max_iter   # 2000
 
-- Every key has a default in :data:`DEFAULTS`; a file or an override only changes known keys. An
-  unknown key or a value of the wrong type is a :class:`ConfigError` naming the key, where it came
+- Every key is described once, in :data:`KEYS`: its default, what it accepts (type, list items,
+  choices, bounds) and one line of doc; validation, :data:`DEFAULTS` and the commands' ``--help``
+  (:func:`format_keys`) all read that table. A file or an override only changes known keys; an
+  unknown key or a value it does not accept is a :class:`ConfigError` naming the key, where it came
   from (file or command line) and the nearest valid key.
 - A file may name the file it extends with ``_base_: relative/path.yaml`` (or a list, applied in
   order); the base is read first and the file's keys override it.
@@ -13,10 +15,12 @@
 from __future__ import annotations
 
 import copy
-import math
 import difflib
+import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 import yaml
 
@@ -25,186 +29,241 @@ from detect.errors import ConfigError
 BASE_KEY = "_base_"
 
 
-def _dataset_defaults() -> Dict[str, Any]:
-    return {
-        "format": "coco",     # coco | voc
-        "root": None,         # voc: folder with Annotations/, JPEGImages/, ImageSets/Main/
-        "split": None,        # voc: name of ImageSets/Main/<split>.txt
-        "ann_file": None,     # coco: annotation json
-        "img_dir": None,      # coco: folder the json's file_name are relative to
-        "proposals": None,    # Fast R-CNN / R-CNN: proposals file of this split (tools/proposals.py)
-    }
+@dataclass(frozen=True)
+class Key:
+    """One config key: its dotted name, default, one line of doc, and what it accepts.
+
+    ``types`` default to the default's own type (a ``None`` default: a string or null); ``items`` is
+    the type of a list's items; ``choices`` the strings allowed (a list is allowed besides them when
+    ``list`` is among the types); ``bounds`` a closed range for numbers (each item of a list too);
+    ``test_time``: the key changes only inference, so any checkpoint takes it (``detect eval`` /
+    ``detect infer`` ``key=value``).
+    """
+
+    name: str
+    default: Any
+    doc: str
+    types: Tuple[type, ...] = ()
+    items: Optional[type] = None
+    choices: Tuple[str, ...] = ()
+    bounds: Optional[Tuple[float, float]] = None
+    test_time: bool = False
+
+    def accepted(self) -> Tuple[type, ...]:
+        if self.types:
+            return self.types
+        return (str, type(None)) if self.default is None else (type(self.default),)
 
 
-DEFAULTS: Dict[str, Any] = {
-    "model": {
-        "type": "faster_rcnn",
-        "backbone": {
-            "name": "resnet50",    # torchvision model name (vgg16, resnet18, resnet50, mobilenet_v3_large) or tiny
-            "pretrained": None,    # torchvision weights name ("DEFAULT", "IMAGENET1K_V1"), a local file, or null
-            "fpn": False,
-            "fpn_channels": 256,
-            "fpn_strides": [],     # strides of the stages the FPN reads; empty: the backbone's default
-            "width": 1.0,          # channel multiplier (tiny, mobilenet_v3_large from scratch)
-            "norm": "auto",        # frozen_bn | bn | gn; auto: frozen_bn with pretrained weights, else gn
-            "freeze_at": -1,       # stages without gradients; -1: 2 with pretrained weights, else 0
-            "channels_last": False,  # run the backbone on channels-last maps (faster for MobileNetV3 on a CPU)
-        },
-        "weights": None,           # a detection checkpoint to start from (transfer learning)
-        "test_flip": False,        # inference also scores each image's mirror image and averages the two
-                                   # (Fast / Faster R-CNN; about twice the time; detect.models.two_stage)
-        "test_scales": [],         # inference also scores the RoIs on the images resized by these factors
-                                   # (e.g. [0.75]) and averages all views (Fast / Faster R-CNN)
-        "rpn": {
-            "anchor_sizes": [],    # one list per level; empty: [32..512] on one map, 8 x stride per FPN level;
-            "aspect_ratios": [0.5, 1.0, 2.0],  # auto: fitted to the training boxes when training starts
-            "sizes_per_level": 0,  # auto sizes per level; 0: as many as the defaults (1 per FPN level, 5 on one map)
-            "fg_iou": 0.7,
-            "bg_iou": 0.3,
-            "batch_size_per_image": 256,
-            "positive_fraction": 0.5,
-            "pre_nms_topk_train": 2000,   # per level
-            "pre_nms_topk_test": 1000,
-            "post_nms_topk_train": 2000,
-            "post_nms_topk_test": 300,    # the paper tests with 300 proposals
-            "nms_thresh": 0.7,
-        },
-        "roi_head": {
-            "pooler": "pool",      # pool (RoI max pooling, the papers) | align
-            "resolution": 7,
-            "sampling_ratio": 2,   # RoI align only
-            "canonical_size": 224.0,  # FPN: RoIs of this size pool from stride 16 (x2 size: next level)
-            "box_head": "fc",      # fc (two fully connected layers) | res5 (ResNet C4 backbones)
-            "fc_dim": 1024,
-            "fg_iou": 0.5,
-            "bg_iou_low": 0.0,     # Fast R-CNN: 0.1 (background from [0.1, 0.5))
-            "batch_size_per_image": 512,
-            "positive_fraction": 0.25,
-            "bbox_reg_weights": [10.0, 10.0, 5.0, 5.0],
-            "smooth_l1_beta": 1.0,
-            "score_thresh": 0.05,
-            "nms_thresh": 0.5,
-            "detections_per_image": 100,
-            "box_vote_iou": 0.0,   # > 0: refine each detection by box voting at this IoU (0: off)
-            "soft_nms_sigma": 0.0,  # > 0: Gaussian Soft-NMS with this sigma instead of NMS (0: NMS)
-            "svd_ranks": [],       # [fc6, fc7] ranks of a truncated-SVD compressed head (tools/compress.py)
-            "fc_units": [],        # [fc6, fc7] widths left by unit pruning (tools/compress.py prune); [] = fc_dim
-        },
-        "proposals": {             # Fast R-CNN / R-CNN: external proposals (data.<split>.proposals)
-            "mode": "fast",        # selective search mode when computed on the fly (no proposals file)
-            "max_side": 0,         # on the fly: search a copy downscaled to this side; 0 keeps the size
-            "seed": 0,
-            "topk_train": 2000,    # best-ranked proposals used per image
-            "topk_test": 2000,
-        },
-        "rcnn": {
-            "crop_size": 227,      # warped proposal side (the paper: 227)
-            "context": 16,         # context pixels around the proposal at the warped size (the paper: 16)
-            "fc_dim": 512,         # feature size read by the SVMs and box regressors
-            "batch_rois": 128,     # fine-tuning crops per batch (all images), 25% foreground
-            "fg_fraction": 0.25,
-            "fg_iou": 0.5,
-            "crops_per_chunk": 256,  # crops per network call when extracting features / testing
-            "nms_thresh": 0.3,     # the paper's per-class NMS at test time
-            "detections_per_image": 100,
-            "bbox_reg": True,      # apply the class-specific box regressors at test time
-            "svm_proposals": 2000,  # best proposals per training image whose features train the SVMs
-            "feature_dtype": "float16",  # the on-disk feature cache: float16 | float32
-            "svm_C": 0.001,
-            "svm_positive_weight": 2.0,
-            "svm_passes": 3,       # hard negative mining passes
-            "bbox_reg_lambda": 1000.0,
-        },
-        "fast_rcnn": {
-            "pyramid_scales": [],  # multi-scale testing: image scale factors; each RoI is pooled from the
-            "pyramid_roi_size": 224,  # scale where its area is closest to pyramid_roi_size^2 (the paper)
-        },
-    },
-    "input": {
-        "min_size": 600,           # short side when training; a list draws one per image (multi-scale)
-        "min_size_test": 600,
-        "max_size": 1000,          # cap on the long side
-        "flip_prob": 0.5,
-        "color_jitter": 0.0,
-        "crop_prob": 0.0,          # random crop keeping every box whole, before the resize (zooms in)
-    },
-    "data": {
-        "train": _dataset_defaults(),
-        "test": _dataset_defaults(),
-        "classes": [],             # class names in label order; empty: from the training annotations
-        "category_map": {},        # rename annotation names, {name: class} or {name: null} to drop
-        "num_workers": 2,
-        "max_unreadable": 0.01,    # share of training images that may fail to read (each replaced) before the run stops
-    },
-    "train": {
-        "max_iter": 1000,
-        "max_minutes": 0.0,        # wall-clock budget; > 0 scales the schedule to it (max_iter still caps)
-        "batch_size": 2,           # images per step, over all processes
-        "optimizer": "sgd",        # sgd (momentum) | adamw (momentum is its beta1)
-        "lr": 0.01,
-        "momentum": 0.9,
-        "weight_decay": 0.0001,
-        "lr_schedule": "step",     # step | cosine
-        "steps": [0.67, 0.89],     # fractions of the run where the step schedule multiplies lr by gamma
-        "gamma": 0.1,
-        "warmup_iters": 100,
-        "warmup_factor": 0.001,
-        "grad_clip": 10.0,         # max gradient norm; 0 disables
-        "ema": 0.0,                # decay of a moving average of the weights that is evaluated and saved; 0: off
-        "amp": True,               # mixed precision on CUDA (ignored on CPU)
-        "eval_period": 0,          # 0: only at the end
-        "checkpoint_period": 500,
-        "log_period": 20,
-        "seed": 0,
-    },
-    "test": {
-        "batch_size": 2,
-    },
-    "device": "auto",              # auto | cpu | cuda | cuda:N
-}
+INF = math.inf
+POSITIVE = (1, INF)
+NONNEGATIVE = (0, INF)
+FRACTION = (0, 1)
+BACKBONES = ("vgg16", "resnet18", "resnet50", "mobilenet_v3_large", "tiny")
+DATA_FORMATS = ("coco", "voc")
 
-# Keys whose type cannot be read off their default.
-_TYPES: Dict[str, Tuple[type, ...]] = {
-    "input.min_size": (int, list),
-    "input.min_size_test": (int,),
-    "data.category_map": (dict,),
-    "model.backbone.pretrained": (str, type(None)),
-    "model.weights": (str, type(None)),
-    "model.rpn.anchor_sizes": (list, str),
-    "model.rpn.aspect_ratios": (list, str),
-}
-_LIST_ITEMS: Dict[str, type] = {"input.min_size": int, "model.backbone.fpn_strides": int, "data.classes": str,
-                                 "model.rpn.anchor_sizes": list,
-                                 "model.rpn.aspect_ratios": float, "model.roi_head.bbox_reg_weights": float,
-                                 "train.steps": float, "model.roi_head.svd_ranks": int, "model.roi_head.fc_units": int,
-                                 "model.fast_rcnn.pyramid_scales": float, "model.test_scales": float}
-_CHOICES: Dict[str, Sequence[str]] = {
-    "model.rpn.anchor_sizes": ("auto",),   # or a list
-    "model.rpn.aspect_ratios": ("auto",),  # or a list
-    "model.rcnn.feature_dtype": ("float16", "float32"),
-    "model.proposals.mode": ("single", "fast", "quality"),
-    "train.lr_schedule": ("step", "cosine"),
-    "train.optimizer": ("sgd", "adamw"),
-    "model.backbone.name": ("vgg16", "resnet18", "resnet50", "mobilenet_v3_large", "tiny"),
-    "model.backbone.norm": ("auto", "frozen_bn", "bn", "gn"),
-    "model.roi_head.pooler": ("pool", "align"),
-    "model.roi_head.box_head": ("fc", "res5"),
-    "data.train.format": ("coco", "voc"),
-    "data.test.format": ("coco", "voc"),
-}
-# Numbers outside these closed ranges are mistakes (a negative max_iter used to train one iteration).
-_RANGES: Dict[str, Tuple[float, float]] = {
-    "train.max_iter": (1, math.inf), "train.max_minutes": (0, math.inf), "train.batch_size": (1, math.inf),
-    "train.lr": (0, math.inf), "train.warmup_iters": (0, math.inf), "train.checkpoint_period": (0, math.inf),
-    "train.log_period": (1, math.inf), "train.eval_period": (0, math.inf), "train.ema": (0, 0.999999),
-    "train.grad_clip": (0, math.inf), "train.weight_decay": (0, math.inf), "train.gamma": (0, math.inf),
-    "test.batch_size": (1, math.inf), "data.num_workers": (0, math.inf), "data.max_unreadable": (0, 1),
-    "input.min_size": (1, math.inf), "input.min_size_test": (1, math.inf), "input.max_size": (1, math.inf),
-    "input.flip_prob": (0, 1), "input.crop_prob": (0, 1), "input.color_jitter": (0, math.inf),
-    "model.test_scales": (0.1, 4),
-}
+
+def _dataset_keys(subset: str, what: str) -> List[Key]:
+    """The keys of one ``data.<subset>`` section (train, test)."""
+    p = f"data.{subset}."
+    return [
+        Key(p + "format", "coco", f"format of the {what}", choices=DATA_FORMATS, test_time=subset == "test"),
+        Key(p + "root", None, "voc: folder with Annotations/, JPEGImages/, ImageSets/Main/", test_time=subset == "test"),
+        Key(p + "split", None, "voc: name of ImageSets/Main/<split>.txt", test_time=subset == "test"),
+        Key(p + "ann_file", None, "coco: the annotation json", test_time=subset == "test"),
+        Key(p + "img_dir", None, "coco: the folder the json's file_name are relative to", test_time=subset == "test"),
+        Key(p + "proposals", None, "Fast R-CNN / R-CNN: proposals file of this split (detect proposals compute)",
+            test_time=subset == "test"),
+    ]
+
+
+KEYS: List[Key] = [
+    # the model
+    Key("model.type", "faster_rcnn", "the stage: rcnn, fast_rcnn or faster_rcnn (detect.models.registry)"),
+    Key("model.weights", None, "a detection checkpoint to start from (matching layers load)",
+        types=(str, type(None))),
+    Key("model.test_flip", False, "inference also scores each image's mirror image and averages the two "
+                                  "(Fast / Faster R-CNN)", test_time=True),
+    Key("model.test_scales", [], "inference also scores the RoIs on the images resized by these factors "
+                                 "(e.g. [0.75]) and averages all views", items=float, bounds=(0.1, 4), test_time=True),
+    Key("model.backbone.name", "resnet50", "torchvision model name, or tiny", choices=BACKBONES),
+    Key("model.backbone.pretrained", None, "torchvision weights name (DEFAULT, IMAGENET1K_V1), a local file, or null",
+        types=(str, type(None))),
+    Key("model.backbone.fpn", False, "a feature pyramid over the backbone's stages"),
+    Key("model.backbone.fpn_channels", 256, "the FPN's width", bounds=POSITIVE),
+    Key("model.backbone.fpn_strides", [], "strides of the stages the FPN reads; []: the backbone's default",
+        items=int, bounds=POSITIVE),
+    Key("model.backbone.width", 1.0, "channel multiplier (tiny, mobilenet_v3_large from scratch)", bounds=(0.05, 8)),
+    Key("model.backbone.norm", "auto", "auto: frozen_bn with pretrained weights, else gn",
+        choices=("auto", "frozen_bn", "bn", "gn")),
+    Key("model.backbone.freeze_at", -1, "backbone stages without gradients; -1: 2 with pretrained weights, else 0",
+        bounds=(-1, INF)),
+    Key("model.backbone.channels_last", False, "run the backbone on channels-last maps (faster for MobileNetV3 "
+                                               "on a CPU)"),
+    Key("model.rpn.anchor_sizes", [], "one list per level; []: [32..512] on one map, 8 x stride per FPN level; "
+                                      "auto: fitted to the training boxes when training starts",
+        types=(list, str), items=list, choices=("auto",)),
+    Key("model.rpn.aspect_ratios", [0.5, 1.0, 2.0], "anchor heights / widths; auto: fitted to the training boxes",
+        types=(list, str), items=float, choices=("auto",)),
+    Key("model.rpn.sizes_per_level", 0, "auto anchor sizes per level; 0: as many as the defaults", bounds=NONNEGATIVE),
+    Key("model.rpn.fg_iou", 0.7, "an anchor at this IoU with a box is positive", bounds=FRACTION),
+    Key("model.rpn.bg_iou", 0.3, "an anchor under this IoU with every box is negative", bounds=FRACTION),
+    Key("model.rpn.batch_size_per_image", 256, "anchors sampled per image for the RPN's loss", bounds=POSITIVE),
+    Key("model.rpn.positive_fraction", 0.5, "share of positives among them", bounds=FRACTION),
+    Key("model.rpn.pre_nms_topk_train", 2000, "proposals per level before NMS, training", bounds=POSITIVE),
+    Key("model.rpn.pre_nms_topk_test", 1000, "proposals per level before NMS, testing", bounds=POSITIVE,
+        test_time=True),
+    Key("model.rpn.post_nms_topk_train", 2000, "proposals per image after NMS, training", bounds=POSITIVE),
+    Key("model.rpn.post_nms_topk_test", 300, "proposals per image after NMS, testing (the paper: 300)",
+        bounds=POSITIVE, test_time=True),
+    Key("model.rpn.nms_thresh", 0.7, "the RPN's NMS IoU", bounds=FRACTION, test_time=True),
+    Key("model.roi_head.pooler", "pool", "RoI max pooling (the papers) or RoI align", choices=("pool", "align")),
+    Key("model.roi_head.resolution", 7, "pooled grid side", bounds=POSITIVE),
+    Key("model.roi_head.sampling_ratio", 2, "RoI align: samples per bin side", bounds=NONNEGATIVE),
+    Key("model.roi_head.canonical_size", 224.0, "FPN: RoIs of this size pool from stride 16 (x2 size: next level)",
+        bounds=POSITIVE),
+    Key("model.roi_head.box_head", "fc", "two fully connected layers, or res5 (ResNet C4 backbones)",
+        choices=("fc", "res5")),
+    Key("model.roi_head.fc_dim", 1024, "width of the fc layers", bounds=POSITIVE),
+    Key("model.roi_head.fg_iou", 0.5, "a RoI at this IoU with a box is foreground", bounds=FRACTION),
+    Key("model.roi_head.bg_iou_low", 0.0, "background RoIs from [bg_iou_low, fg_iou) (Fast R-CNN: 0.1)",
+        bounds=FRACTION),
+    Key("model.roi_head.batch_size_per_image", 512, "RoIs sampled per image for the head's loss", bounds=POSITIVE),
+    Key("model.roi_head.positive_fraction", 0.25, "share of foreground among them", bounds=FRACTION),
+    Key("model.roi_head.bbox_reg_weights", [10.0, 10.0, 5.0, 5.0], "BoxCoder weights (x, y, w, h)", items=float),
+    Key("model.roi_head.smooth_l1_beta", 1.0, "smooth L1 beta of the box loss", bounds=NONNEGATIVE),
+    Key("model.roi_head.score_thresh", 0.05, "detections scoring under this are dropped", bounds=FRACTION,
+        test_time=True),
+    Key("model.roi_head.nms_thresh", 0.5, "per-class NMS IoU", bounds=FRACTION, test_time=True),
+    Key("model.roi_head.detections_per_image", 100, "detections kept per image", bounds=POSITIVE, test_time=True),
+    Key("model.roi_head.box_vote_iou", 0.0, "> 0: each detection becomes the score-weighted mean of the boxes "
+                                            "that overlap it at this IoU", bounds=FRACTION, test_time=True),
+    Key("model.roi_head.soft_nms_sigma", 0.0, "> 0: Gaussian Soft-NMS with this sigma instead of NMS",
+        bounds=NONNEGATIVE, test_time=True),
+    Key("model.roi_head.svd_ranks", [], "[fc6, fc7] ranks of a truncated-SVD head (detect compress svd)", items=int,
+        bounds=NONNEGATIVE),
+    Key("model.roi_head.fc_units", [], "[fc6, fc7] widths left by unit pruning; []: fc_dim", items=int,
+        bounds=POSITIVE),
+    Key("model.proposals.mode", "fast", "selective search mode when computed on the fly",
+        choices=("single", "fast", "quality"), test_time=True),
+    Key("model.proposals.max_side", 0, "on the fly: search a copy downscaled to this side; 0 keeps the size",
+        bounds=NONNEGATIVE, test_time=True),
+    Key("model.proposals.seed", 0, "selective search's seed"),
+    Key("model.proposals.topk_train", 2000, "best-ranked external proposals used per training image",
+        bounds=POSITIVE),
+    Key("model.proposals.topk_test", 2000, "best-ranked external proposals used per test image", bounds=POSITIVE,
+        test_time=True),
+    Key("model.rcnn.crop_size", 227, "R-CNN: warped proposal side (the paper: 227)", bounds=POSITIVE),
+    Key("model.rcnn.context", 16, "R-CNN: context pixels around the proposal at the warped size", bounds=NONNEGATIVE),
+    Key("model.rcnn.fc_dim", 512, "R-CNN: feature size read by the SVMs and box regressors", bounds=POSITIVE),
+    Key("model.rcnn.batch_rois", 128, "R-CNN: fine-tuning crops per batch (all images)", bounds=POSITIVE),
+    Key("model.rcnn.fg_fraction", 0.25, "R-CNN: share of foreground crops", bounds=FRACTION),
+    Key("model.rcnn.fg_iou", 0.5, "R-CNN: a crop at this IoU with a box is foreground", bounds=FRACTION),
+    Key("model.rcnn.crops_per_chunk", 256, "R-CNN: crops per network call (features, testing)", bounds=POSITIVE),
+    Key("model.rcnn.nms_thresh", 0.3, "R-CNN: per-class NMS IoU at test time (the paper: 0.3)", bounds=FRACTION,
+        test_time=True),
+    Key("model.rcnn.detections_per_image", 100, "R-CNN: detections kept per image", bounds=POSITIVE, test_time=True),
+    Key("model.rcnn.bbox_reg", True, "R-CNN: apply the class-specific box regressors at test time", test_time=True),
+    Key("model.rcnn.svm_proposals", 2000, "R-CNN: best proposals per training image whose features train the SVMs",
+        bounds=POSITIVE),
+    Key("model.rcnn.feature_dtype", "float16", "R-CNN: the on-disk feature cache's type",
+        choices=("float16", "float32")),
+    Key("model.rcnn.svm_C", 0.001, "R-CNN: the SVMs' regularisation", bounds=(0, INF)),
+    Key("model.rcnn.svm_positive_weight", 2.0, "R-CNN: weight of positives in the SVM loss", bounds=(0, INF)),
+    Key("model.rcnn.svm_passes", 3, "R-CNN: hard negative mining passes", bounds=POSITIVE),
+    Key("model.rcnn.bbox_reg_lambda", 1000.0, "R-CNN: ridge regression's lambda (the paper: 1000)",
+        bounds=NONNEGATIVE),
+    Key("model.fast_rcnn.pyramid_scales", [], "Fast R-CNN multi-scale testing: image scale factors", items=float,
+        bounds=(0.1, 4), test_time=True),
+    Key("model.fast_rcnn.pyramid_roi_size", 224, "each RoI pooled from the scale where its area is closest to "
+                                                 "this squared (the paper)", bounds=POSITIVE, test_time=True),
+    # the input
+    Key("input.min_size", 600, "short side when training; a list draws one per image (multi-scale)",
+        types=(int, list), items=int, bounds=POSITIVE),
+    Key("input.min_size_test", 600, "short side when testing", types=(int,), bounds=POSITIVE, test_time=True),
+    Key("input.max_size", 1000, "cap on the long side", bounds=POSITIVE, test_time=True),
+    Key("input.flip_prob", 0.5, "horizontal flip probability in training", bounds=FRACTION),
+    Key("input.color_jitter", 0.0, "colour jitter strength in training", bounds=NONNEGATIVE),
+    Key("input.crop_prob", 0.0, "random crop keeping every box whole, before the resize (zooms in)",
+        bounds=FRACTION),
+    # the data
+    *_dataset_keys("train", "training set"),
+    *_dataset_keys("test", "test set"),
+    Key("data.classes", [], "class names in label order; []: from the training annotations", items=str),
+    Key("data.category_map", {}, "rename annotation names, {name: class}, or {name: null} to drop",
+        types=(dict,)),
+    Key("data.num_workers", 2, "image-decoding worker processes in training", bounds=NONNEGATIVE),
+    Key("data.max_unreadable", 0.01, "share of training images that may fail to read (each replaced) before the "
+                                     "run stops", bounds=FRACTION),
+    # the training run
+    Key("train.max_iter", 1000, "iterations (with max_minutes: a cap)", bounds=POSITIVE),
+    Key("train.max_minutes", 0.0, "wall-clock budget; > 0 scales the schedule to it", bounds=NONNEGATIVE),
+    Key("train.batch_size", 2, "images per step, over all processes", bounds=POSITIVE),
+    Key("train.optimizer", "sgd", "sgd (momentum) or adamw (momentum is its beta1)", choices=("sgd", "adamw")),
+    Key("train.lr", 0.01, "base learning rate", bounds=NONNEGATIVE),
+    Key("train.momentum", 0.9, "SGD momentum (AdamW's beta1)", bounds=FRACTION),
+    Key("train.weight_decay", 0.0001, "weight decay (not on norm layers and biases)", bounds=NONNEGATIVE),
+    Key("train.lr_schedule", "step", "step or cosine decay over the run", choices=("step", "cosine")),
+    Key("train.steps", [0.67, 0.89], "fractions of the run where the step schedule multiplies lr by gamma",
+        items=float, bounds=FRACTION),
+    Key("train.gamma", 0.1, "the step schedule's factor", bounds=NONNEGATIVE),
+    Key("train.warmup_iters", 100, "linear warm-up iterations", bounds=NONNEGATIVE),
+    Key("train.warmup_factor", 0.001, "lr factor at the first iteration", bounds=FRACTION),
+    Key("train.grad_clip", 10.0, "max gradient norm; 0 disables", bounds=NONNEGATIVE),
+    Key("train.ema", 0.0, "decay of a moving average of the weights that is evaluated and saved; 0: off",
+        bounds=(0, 0.999999)),
+    Key("train.amp", True, "mixed precision on CUDA (ignored on CPU)"),
+    Key("train.eval_period", 0, "evaluate every this many iterations; 0: only at the end", bounds=NONNEGATIVE),
+    Key("train.checkpoint_period", 500, "write model_<iter>.pth every this many iterations; 0: only the last",
+        bounds=NONNEGATIVE),
+    Key("train.log_period", 20, "log the losses every this many iterations", bounds=POSITIVE),
+    Key("train.seed", 0, "seed of the data order, augmentation and initialisation"),
+    Key("test.batch_size", 2, "images per evaluation batch", bounds=POSITIVE, test_time=True),
+    Key("device", "auto", "auto | cpu | cuda | cuda:N", test_time=True),
+]
+KEYS_BY_NAME: Dict[str, Key] = {k.name: k for k in KEYS}
+
+
+def _nested_defaults() -> Dict[str, Any]:
+    tree: Dict[str, Any] = {}
+    for key in KEYS:
+        node = tree
+        *sections, leaf = key.name.split(".")
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = copy.deepcopy(key.default)
+    return tree
+
+
+DEFAULTS: Dict[str, Any] = _nested_defaults()
 _TYPE_NAMES = {bool: "true/false", int: "integer", float: "number", str: "string", list: "list",
                dict: "mapping", type(None): "null"}
+
+
+def describe_key(key: Key) -> str:
+    """``name  default  (what it accepts)  doc`` on one line: what ``--help`` prints for a key."""
+    accepts = []
+    if key.choices:
+        accepts.append(" | ".join(key.choices) + (" | a list" if list in key.accepted() else ""))
+    if key.bounds is not None:
+        low, high = key.bounds
+        accepts.append(f">= {low:g}" if high == INF else f"{low:g}..{high:g}")
+    default = json.dumps(key.default) if not isinstance(key.default, str) else key.default
+    return f"{key.name}={default}" + (f"  ({'; '.join(accepts)})" if accepts else "") + f"  {key.doc}"
+
+
+def format_keys(test_time_only: bool = False) -> str:
+    """Every key (or only the test-time ones), one per line, grouped by section: ``--help``'s list."""
+    lines, section = [], None
+    for key in KEYS:
+        if test_time_only and not key.test_time:
+            continue
+        top = key.name.rpartition(".")[0] or "(top)"
+        if top != section:
+            lines.append(f"{top}:")
+            section = top
+        lines.append("  " + describe_key(key))
+    return "\n".join(lines)
 
 
 class Config(dict):
@@ -303,7 +362,7 @@ def _all_keys(tree: Dict[str, Any], prefix: str = "") -> List[str]:
     for k, v in tree.items():
         full = f"{prefix}{k}"
         keys.append(full)
-        if isinstance(v, dict) and full not in _TYPES:
+        if isinstance(v, dict) and full not in KEYS_BY_NAME:
             keys.extend(_all_keys(v, full + "."))
     return keys
 
@@ -314,21 +373,14 @@ def _merge(cfg: Dict[str, Any], data: Dict[str, Any], source: str, prefix: str) 
         if key not in cfg:
             raise ConfigError(f"{source}: unknown key {full!r}{_nearest_hint(full)}")
         current = cfg[key]
-        if isinstance(current, dict) and full not in _TYPES:
+        if isinstance(current, dict) and full not in KEYS_BY_NAME:
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: {full!r} is a section (keys: {', '.join(current)}), "
                                   f"got the value {value!r}")
             _merge(current, value, source, prefix=full + ".")
         else:
             # Types come from the defaults, not from the value a file already put there.
-            cfg[key] = _check_value(full, value, _default_of(full), source)
-
-
-def _default_of(dotted: str) -> Any:
-    node: Any = DEFAULTS
-    for part in dotted.split("."):
-        node = node[part]
-    return node
+            cfg[key] = _check_value(KEYS_BY_NAME[full], value, source)
 
 
 def _nearest_hint(full: str) -> str:
@@ -344,31 +396,29 @@ def _nearest_hint(full: str) -> str:
     return f" (nearest valid key: {nearest[0]!r})" if nearest else ""
 
 
-def _check_value(key: str, value: Any, default: Any, source: str) -> Any:
-    allowed = _TYPES.get(key)
-    if allowed is None:
-        allowed = (str, type(None)) if default is None else (type(default),)
+def _check_value(spec: Key, value: Any, source: str) -> Any:
+    """``value`` checked against ``spec`` (type, list items, choices, bounds); integers become floats
+    where a number is expected."""
+    key, allowed = spec.name, spec.accepted()
     if float in allowed and isinstance(value, str):
         try:  # YAML 1.1 reads "1e-3" as a string
             value = float(value)
         except ValueError:
             pass
-    ok = any(_is_instance(value, t) for t in allowed)
-    if not ok:
+    if not any(_is_instance(value, t) for t in allowed):
         wanted = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in allowed)
         wanted = ("an " if wanted[0] in "aeiou" else "a ") + wanted if not wanted.startswith(("true", "null")) else wanted
         raise ConfigError(f"{source}: {key!r} must be {wanted}, got {value!r} ({type(value).__name__})")
-    item_type = _LIST_ITEMS.get(key)
-    if isinstance(value, list) and item_type and not all(_is_instance(v, item_type) for v in value):
-        raise ConfigError(f"{source}: {key!r} must be a list of {_TYPE_NAMES[item_type]}s, got {value!r}")
-    if key in _CHOICES and not isinstance(value, list) and value not in _CHOICES[key]:
+    if isinstance(value, list) and spec.items and not all(_is_instance(v, spec.items) for v in value):
+        raise ConfigError(f"{source}: {key!r} must be a list of {_TYPE_NAMES[spec.items]}s, got {value!r}")
+    if spec.choices and not isinstance(value, list) and value not in spec.choices:
         also = " or a list" if list in allowed else ""
-        raise ConfigError(f"{source}: {key!r} must be one of {list(_CHOICES[key])}{also}, got {value!r}")
-    if key in _RANGES:
-        low, high = _RANGES[key]
+        raise ConfigError(f"{source}: {key!r} must be one of {list(spec.choices)}{also}, got {value!r}")
+    if spec.bounds is not None:
+        low, high = spec.bounds
         for v in value if isinstance(value, list) else [value]:
-            if isinstance(v, (int, float)) and not (low <= v <= high and v == v):
-                within = f">= {low:g}" if high == math.inf else f"between {low:g} and {high:g}"
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not (low <= v <= high and v == v):
+                within = f">= {low:g}" if high == INF else f"between {low:g} and {high:g}"
                 raise ConfigError(f"{source}: {key!r} must be {within}, got {v!r}")
     if isinstance(value, int) and not isinstance(value, bool) and float in allowed:
         value = float(value)
@@ -387,5 +437,5 @@ def _to_config(tree: Dict[str, Any], prefix: str = "") -> Config:
     out = Config()
     for k, v in tree.items():
         full = f"{prefix}{k}"
-        out[k] = _to_config(v, full + ".") if isinstance(v, dict) and full not in _TYPES else v
+        out[k] = _to_config(v, full + ".") if isinstance(v, dict) and full not in KEYS_BY_NAME else v
     return out

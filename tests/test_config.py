@@ -90,3 +90,25 @@ def test_optional_path_can_be_unset_after_a_file_set_it(tmp_path):
     f = write(tmp_path / "c.yaml", "data:\n  test: {ann_file: a.json}\n")
     assert load_config(f).data.test.ann_file == "a.json"
     assert load_config(f, ["data.test.ann_file=null"]).data.test.ann_file is None
+
+
+def test_every_key_is_described_once_and_its_default_passes_its_own_check():
+    from detect.config import KEYS, KEYS_BY_NAME, _check_value, format_keys
+
+    assert len(KEYS_BY_NAME) == len(KEYS)  # no key twice
+    listed = format_keys()
+    for key in KEYS:
+        assert key.doc and "\n" not in key.doc, key.name
+        assert _check_value(key, key.default, "the table") == key.default, key.name
+        assert f"  {key.name}=" in listed, key.name
+    assert all(KEYS_BY_NAME[line.split("=")[0].strip()].test_time
+               for line in format_keys(test_time_only=True).splitlines() if line.startswith("  "))
+
+
+def test_bounds_and_choices_come_from_the_table():
+    with pytest.raises(ConfigError, match=r"'model.roi_head.score_thresh' must be between 0 and 1, got 1.5"):
+        load_config(None, ["model.roi_head.score_thresh=1.5"])
+    with pytest.raises(ConfigError, match=r"'model.test_scales' must be between 0.1 and 4, got 9"):
+        load_config(None, ["model.test_scales=[0.75, 9]"])
+    with pytest.raises(ConfigError, match=r"'model.backbone.norm' must be one of \['auto', 'frozen_bn', 'bn', 'gn'\]"):
+        load_config(None, ["model.backbone.norm=layer"])
