@@ -25,6 +25,7 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["detect", "detect.*"]),
     include_package_data=True,
+    entry_points={"console_scripts": ["detect=detect.cli:main"]},
     install_requires=[
         # 2.3: torch.compiler.is_compiling, which the ops read to take torchvision's kernels under export
         "torch>=2.3,<3",

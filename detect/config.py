@@ -59,7 +59,8 @@ INF = math.inf
 POSITIVE = (1, INF)
 NONNEGATIVE = (0, INF)
 FRACTION = (0, 1)
-BACKBONES = ("vgg16", "resnet18", "resnet50", "mobilenet_v3_large", "tiny")
+BACKBONES = ("vgg16", "resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_lite0", "efficientnet_lite1",
+             "efficientnet_lite2", "tiny")  # detect.models.backbones builds each
 DATA_FORMATS = ("coco", "voc")
 
 
@@ -86,9 +87,10 @@ KEYS: List[Key] = [
                                   "(Fast / Faster R-CNN)", test_time=True),
     Key("model.test_scales", [], "inference also scores the RoIs on the images resized by these factors "
                                  "(e.g. [0.75]) and averages all views", items=float, bounds=(0.1, 4), test_time=True),
-    Key("model.backbone.name", "resnet50", "torchvision model name, or tiny", choices=BACKBONES),
-    Key("model.backbone.pretrained", None, "torchvision weights name (DEFAULT, IMAGENET1K_V1), a local file, or null",
-        types=(str, type(None))),
+    Key("model.backbone.name", "resnet50", "torchvision model name, EfficientNet-Lite, or tiny", choices=BACKBONES),
+    Key("model.backbone.pretrained", None, "torchvision weights name (DEFAULT, IMAGENET1K_V1; downloaded), imagenet "
+                                           "(EfficientNet-Lite: installed from the package registry), a local file, "
+                                           "or null", types=(str, type(None))),
     Key("model.backbone.fpn", False, "a feature pyramid over the backbone's stages"),
     Key("model.backbone.fpn_channels", 256, "the FPN's width", bounds=POSITIVE),
     Key("model.backbone.fpn_strides", [], "strides of the stages the FPN reads; []: the backbone's default",

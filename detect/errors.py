@@ -40,5 +40,9 @@ class DeviceError(ValueError):
     """A device that does not exist on this machine (e.g. cuda without a GPU)."""
 
 
+class OutputExistsError(ValueError):
+    """An output folder that already holds what another command (or an earlier run) made."""
+
+
 USER_ERRORS = (ConfigError, DatasetError, ImageReadError, CheckpointError, DeviceError, ProposalError,
-               FileNotFoundError)
+               OutputExistsError, FileNotFoundError)

@@ -52,7 +52,7 @@ def tiny_frcnn(tmp_path_factory, shapes_dir) -> Path:
         "model.roi_head.soft_nms_sigma=0",
         # one test scale: the quickstart's second (0.75) adds ~0.3 MB of graph structure to the export,
         # which at this size would make the int8 file more than half the float one; the scales have
-        # their own tests (tests/models/test_test_scales.py, tests/engine/test_export.py)
+        # their own tests (tests/models/test_test_scales.py, tests/export/test_export.py)
         "model.test_scales=[]",
         # the 7x7 RoI grid the int8 size assertions were set on (fc6 is most of this model's weights)
         "model.roi_head.resolution=7", "device=cpu"])

@@ -32,6 +32,7 @@ import torch
 from detect.checkpoint.storage import load_checkpoint, pack_sparse, save_checkpoint
 from detect.inference.loading import load_model
 from detect.training.trainer import Trainer
+from detect.compression import PRUNE_METHODS, UNIT_CRITERIA
 from detect.errors import ConfigError
 from detect.training.rcnn_phases import run_after_training
 from detect.models.pruning import (UnitMasks, cubic_sparsity, lowest, magnitude_masks, remove_units, unit_layers,
@@ -39,8 +40,6 @@ from detect.models.pruning import (UnitMasks, cubic_sparsity, lowest, magnitude_
 
 logger = logging.getLogger(__name__)
 
-PRUNE_METHODS = ("weight", "unit", "fisher")
-UNIT_CRITERIA = ("l2", "l1", "activation")  # unit pruning's ranking (Fisher pruning ranks by Fisher)
 
 
 @dataclass

@@ -26,13 +26,13 @@ from detect.compression.svd_checkpoint import time_box_head
 from detect.utils.device import resolve_device
 from detect.evaluation.metrics import evaluate
 from detect.compression.pruning_runs import PruneSpec, prune_model
+from detect.compression import REPORT_METHODS
 from detect.errors import ConfigError
 from detect.models.pruning import unit_layers
 from detect.models.svd import compress_box_head
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("svd", "weight", "unit", "fisher")
 COLOURS = {"none": "black", "svd": "tab:blue", "weight": "tab:orange", "unit": "tab:green", "fisher": "tab:red"}
 
 
@@ -71,7 +71,7 @@ def _measure(model, cfg, device, num_rois: int) -> Dict[str, Any]:
 
 
 def compression_report(checkpoint, output, sparsities: Sequence[float] = (0.5, 0.75, 0.9),
-                       methods: Sequence[str] = METHODS, finetune_minutes: float = 0.0, overrides=(),
+                       methods: Sequence[str] = REPORT_METHODS, finetune_minutes: float = 0.0, overrides=(),
                        num_rois: int = 2000) -> Dict[str, Any]:
     """Run every method at every sparsity on ``checkpoint``; write ``report.json``, ``report.md``,
     ``ap_vs_sparsity.png`` and ``latency_vs_sparsity.png`` into ``output``. Returns the rows."""

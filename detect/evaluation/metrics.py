@@ -280,10 +280,11 @@ def evaluate_detections(gt: Dict[str, Any], detections: Detections, backend: str
 
 
 def evaluate(model: torch.nn.Module, cfg, device: torch.device, output_dir: Optional[Path] = None,
-             progress: bool = True, report: Optional[Callable] = None) -> Dict[str, Any]:
+             progress: bool = True, report: Optional[Callable] = None, source: Optional[str] = None) -> Dict[str, Any]:
     """COCO and VOC metrics of ``model`` on ``cfg``'s ``data.test`` (its proposals attached for the
     stages that take them), with the inference timing; writes metrics.json / pr_curves.png into
-    ``output_dir`` when given. What ``tools/eval.py`` and the end of training run."""
+    ``output_dir`` when given. ``source``: the checkpoint the model came from, named in the metrics
+    (``checkpoint``). What ``detect eval`` and the end of training run."""
     test_set = build_dataset(cfg, "test", transforms=build_transforms(cfg, train=False), class_names=cfg.data.classes)
     if stage_of(cfg).external_proposals:  # without a test proposals file the model runs selective search itself
         attach_proposals(test_set, cfg, "test", cfg.model.proposals.topk_test, required=False)
@@ -292,4 +293,5 @@ def evaluate(model: torch.nn.Module, cfg, device: torch.device, output_dir: Opti
     for message in unreadable.values():
         logger.warning("test image left out of the evaluation: %s", message)
     return evaluate_detections(to_coco_dict(test_set), detections, output_dir=output_dir, unreadable=unreadable,
-                               extra={"timing": timing}, report=report)
+                               extra={**({"checkpoint": str(source)} if source else {}), "timing": timing},
+                               report=report)

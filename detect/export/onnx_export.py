@@ -131,13 +131,12 @@ def _input_min_side(exported_program) -> int:
     return lowest
 
 
-def metadata(cfg, min_side: int) -> Dict[str, str]:
-    """The ``detect.*`` metadata of an exported model (strings, as ONNX stores them)."""
-    from detect.models.two_stage import IMAGENET_MEAN, IMAGENET_STD
-
+def metadata(cfg, min_side: int, mean: List[float], std: List[float]) -> Dict[str, str]:
+    """The ``detect.*`` metadata of an exported model (strings, as ONNX stores them); ``mean`` and
+    ``std``: the pixel statistics the graph normalises with (the backbone's)."""
     contract = {"image": {"shape": ["1", "3", "H", "W"], "dtype": "float32", "channels": "RGB", "range": [0, 1],
                           "resize": {"min_size": cfg.input.min_size_test, "max_size": cfg.input.max_size},
-                          "normalised_in_graph": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}},
+                          "normalised_in_graph": {"mean": list(mean), "std": list(std)}},
                 "outputs": {"boxes": "(N, 4) xyxy, input pixels", "scores": "(N,)", "labels": "(N,) int64, 1..C"}}
     if cfg.model.type == "fast_rcnn":
         contract["proposals"] = {"shape": ["R", "4"], "dtype": "float32", "boxes": "xyxy, input pixels"}
@@ -180,7 +179,8 @@ def export_onnx(model: nn.Module, cfg, output: Union[str, Path], opset: int = DE
                                     output_names=["boxes", "scores", "labels"],
                                     custom_translation_table={torch.ops.torchvision.roi_pool.default: _roi_pool},
                                     verbose=False)
-    program.model.metadata_props.update(metadata(cfg, min_side))
+    program.model.metadata_props.update(metadata(cfg, min_side, model.batcher.mean.flatten().tolist(),
+                                                 model.batcher.std.flatten().tolist()))
     tmp = output.with_name(output.name + ".tmp")
     program.save(str(tmp))
     tmp.replace(output)  # never a half-written model under the final name

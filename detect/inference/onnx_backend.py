@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from detect.errors import CheckpointError
-from detect.models.two_stage import IMAGENET_MEAN
 from detect.ops import clip_boxes, nonempty_boxes
 
 FORMAT = "detect-onnx/1"  # detect.export.onnx_export writes it; bump when inputs, outputs or metadata change meaning
@@ -53,6 +52,7 @@ class OnnxDetector(nn.Module):
         self.path = str(path)
         self.session = session
         self.min_side = int(meta.get("detect.min_side", "1"))
+        self.pixel_mean = json.loads(meta["detect.io"])["image"]["normalised_in_graph"]["mean"]
         self.score_thresh = score_thresh
         self.class_names = json.loads(meta["detect.class_names"])
         self.input_names = [i.name for i in session.get_inputs()]
@@ -69,7 +69,7 @@ class OnnxDetector(nn.Module):
         results = []
         for i, image in enumerate(images):
             h, w = image.shape[-2:]
-            image = pad_to_side(image.detach().cpu().float(), self.min_side)
+            image = pad_to_side(image.detach().cpu().float(), self.min_side, self.pixel_mean)
             feed = {"image": image[None].contiguous().numpy()}
             if wants_proposals:
                 feed["proposals"] = proposals[i].detach().cpu().float().reshape(-1, 4).contiguous().numpy()
@@ -82,16 +82,16 @@ class OnnxDetector(nn.Module):
         return results
 
 
-def pad_to_side(image: torch.Tensor, side: int) -> torch.Tensor:
+def pad_to_side(image: torch.Tensor, side: int, mean: Sequence[float]) -> torch.Tensor:
     """``3xHxW`` image in ``[0, 1]``, padded at the bottom and right to at least ``side`` px per side
-    with the normalisation's mean colour: the graph normalises it to zero, the value the models pad
+    with ``mean``, the normalisation's mean colour: the graph normalises it to zero, the value the models pad
     with themselves (``detect.models.two_stage``), so the box coordinates keep their meaning. An
     exported graph accepts no side under ``detect.min_side`` (~2x the largest stride): an image the
     test transform made that thin (a long strip capped by ``input.max_size``) is padded, not refused."""
     h, w = image.shape[-2:]
     if min(h, w) >= side:
         return image
-    padded = torch.tensor(IMAGENET_MEAN, dtype=image.dtype).view(3, 1, 1).repeat(1, max(h, side), max(w, side))
+    padded = torch.tensor(mean, dtype=image.dtype).view(3, 1, 1).repeat(1, max(h, side), max(w, side))
     padded[:, :h, :w] = image
     return padded
 

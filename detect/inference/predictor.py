@@ -42,13 +42,16 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: Union[str, Path], device: Optional[str] = "auto",
                         score_thresh: Optional[float] = None, overrides: Sequence[str] = ()) -> "Predictor":
-        """Load ``path``; ``score_thresh`` replaces the config's ``model.roi_head.score_thresh``."""
+        """Load ``path`` (``.pth`` or ``.onnx``); ``overrides`` (``key=value``, e.g. the test-time keys
+        ``model.test_flip=true``) apply to its stored config, ``score_thresh`` replaces
+        ``model.roi_head.score_thresh``; ``device=None`` runs where the config's ``device`` says."""
         extra = list(overrides)
         if score_thresh is not None:
             extra.append(f"model.roi_head.score_thresh={float(score_thresh)}")
-        dev = resolve_device(device)
-        model, cfg = load_model(path, overrides=extra, device=dev)
-        return cls(model, cfg, dev)
+        if device is not None:
+            extra.append(f"device={device}")
+        model, cfg = load_model(path, overrides=extra, device="cpu")
+        return cls(model, cfg, resolve_device(cfg.device))
 
     def prepare(self, image: np.ndarray):
         """``(tensor, target)`` for one RGB uint8 image: resized as in training's test transform."""

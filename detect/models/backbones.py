@@ -9,11 +9,16 @@ resnet18, resnet50     C4 (layer3), stride 16; layer4 is    C2-C5 at 4-32 (torch
                        left for the res5 RoI head
 mobilenet_v3_large     stride-16 block output (112 ch)      stride 16 / 32 blocks (as cheap as
                                                             torchvision's, one level finer)
+efficientnet_lite0-2   stride-16 block output (112 ch)      stride 8 / 16 / 32 (the last with the
+                                                            1x1 head conv, 1280 ch)
 tiny                   4 conv blocks, stride 16, 64 ch      stride 8 / 16 / 32
 =====================  ==================================  ========================================
 
 ``pretrained`` is a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V1``: downloaded by
-torchvision where a network exists), a local state-dict file, or ``None`` (random initialisation).
+torchvision where a network exists), ``imagenet`` for EfficientNet-Lite (weights installed from the
+package registry, :mod:`detect.models.efficientnet_lite`), a local state-dict file, or ``None``
+(random initialisation). Each backbone names the pixel statistics its weights expect
+(``pixel_mean``, ``pixel_std``, on [0, 1] values), which the detector normalises with.
 
 ``channels_last`` runs the stages on channels-last maps (the FPN's outputs come back in NCHW for the
 heads). On a CPU, oneDNN's depthwise and 1x1 convolutions reorder an NCHW input and output at every
@@ -22,6 +27,7 @@ call, which dominates MobileNetV3 over 480x640 images; GroupNorm follows the lay
 """
 from __future__ import annotations
 
+import functools
 import logging
 from collections import OrderedDict
 from pathlib import Path
@@ -33,13 +39,16 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from detect.config import BACKBONES
+from detect.models import efficientnet_lite
 from detect.ops import GroupNorm
 
 
 logger = logging.getLogger(__name__)
 
-BACKBONES = ("vgg16", "resnet18", "resnet50", "mobilenet_v3_large", "tiny")
 FPN_CHANNELS = 256
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet weights (and the tiny net, by convention)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class Stage(nn.Sequential):
@@ -60,12 +69,16 @@ class Backbone(nn.Module):
         roi_strides: the maps RoI heads pool from (FPN's extra level is for the RPN only).
         out_channels: channels of every returned map.
         res5: ResNet's last stage when it is not part of the backbone (for the res5 RoI head).
+        pixel_mean, pixel_std: the RGB statistics (on [0, 1] values) the weights expect images
+            normalised with.
     """
 
     def __init__(self, stages: Sequence[Stage], return_stages: Sequence[int], fpn: bool,
-                 res5: Optional[nn.Module] = None, fpn_channels: int = FPN_CHANNELS, channels_last: bool = False):
+                 res5: Optional[nn.Module] = None, fpn_channels: int = FPN_CHANNELS, channels_last: bool = False,
+                 pixel_mean: Sequence[float] = IMAGENET_MEAN, pixel_std: Sequence[float] = IMAGENET_STD):
         super().__init__()
         self.channels_last = channels_last
+        self.pixel_mean, self.pixel_std = tuple(pixel_mean), tuple(pixel_std)
         last = max(return_stages)
         self.stages = nn.ModuleList(stages[: last + 1])
         self.return_stages = list(return_stages)
@@ -114,13 +127,14 @@ def _group_norm(channels: int) -> nn.GroupNorm:
     return GroupNorm(groups, channels)
 
 
-def _norm_layer(norm: str):
+def _norm_layer(norm: str, bn_eps: float = 1e-5):
     """``frozen_bn`` for pretrained weights (statistics from ImageNet, batches too small to re-estimate),
-    ``gn`` from scratch (independent of the batch: detection batches are a few images), ``bn`` as is."""
+    ``gn`` from scratch (independent of the batch: detection batches are a few images), ``bn`` as is.
+    ``bn_eps``: the epsilon the weights' BatchNorm statistics were computed with."""
     if norm == "frozen_bn":
-        return FrozenBatchNorm2d
+        return functools.partial(FrozenBatchNorm2d, eps=bn_eps)
     if norm == "bn":
-        return nn.BatchNorm2d
+        return functools.partial(nn.BatchNorm2d, eps=bn_eps)
     if norm == "gn":
         return _group_norm
     raise ValueError(f"model.backbone.norm must be frozen_bn, bn or gn, got {norm!r}")
@@ -175,6 +189,19 @@ def _mobilenet_stages(pretrained: Optional[str], norm: str, width: float) -> Lis
             for (a, b), stride in zip([(0, 2), (2, 4), (4, 7), (7, 13), (13, 17)], [2, 4, 8, 16, 32])]
 
 
+def _lite_stages(name: str, pretrained: Optional[str], norm: str) -> List[Stage]:
+    if pretrained and pretrained != "imagenet" and not Path(pretrained).is_file():
+        raise ValueError(f"model.backbone.pretrained={pretrained!r}: {name} takes imagenet (the weights installed "
+                         f"from the package registry) or a local file of them")
+    stages = [Stage(layers, stride, channels)
+              for stride, channels, layers in efficientnet_lite.lite_layers(name, _norm_layer(norm, efficientnet_lite.BN_EPS))]
+    if pretrained:
+        efficientnet_lite.load_imagenet_weights(nn.ModuleList(stages), name,
+                                                None if pretrained == "imagenet" else pretrained)
+        logger.info("loaded %s ImageNet weights (%s)", name, pretrained)
+    return stages
+
+
 def _conv_block(cin: int, cout: int, norm: str) -> List[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), _norm_layer(norm)(cout), nn.ReLU(inplace=True),
             nn.Conv2d(cout, cout, 3, padding=1, bias=False), _norm_layer(norm)(cout), nn.ReLU(inplace=True)]
@@ -215,6 +242,9 @@ def build_backbone(name: str, pretrained: Optional[str] = None, fpn: bool = Fals
     elif name == "mobilenet_v3_large":
         stages = _mobilenet_stages(pretrained, norm, width)
         returned = [3, 4] if fpn else [3]
+    elif name in efficientnet_lite.VARIANTS:
+        stages = _lite_stages(name, pretrained, norm)
+        returned = [2, 3, 4] if fpn else [3]
     else:
         if pretrained:
             raise ValueError("the tiny backbone has no pretrained weights")
@@ -227,7 +257,10 @@ def build_backbone(name: str, pretrained: Optional[str] = None, fpn: bool = Fals
             raise ValueError(f"model.backbone.fpn_strides {list(fpn_strides)}: {name} has no stage of stride "
                              f"{unknown}; its stages end at strides {sorted(by_stride)}")
         returned = sorted(by_stride[s] for s in set(fpn_strides))
-    backbone = Backbone(stages, returned, fpn, res5=res5, fpn_channels=fpn_channels, channels_last=channels_last)
+    pixels = ((efficientnet_lite.PIXEL_MEAN, efficientnet_lite.PIXEL_STD) if name in efficientnet_lite.VARIANTS
+              else (IMAGENET_MEAN, IMAGENET_STD))
+    backbone = Backbone(stages, returned, fpn, res5=res5, fpn_channels=fpn_channels, channels_last=channels_last,
+                        pixel_mean=pixels[0], pixel_std=pixels[1])
     if freeze_at:
         backbone.freeze(freeze_at)
     return backbone

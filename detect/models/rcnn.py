@@ -60,7 +60,7 @@ class RCNN(nn.Module):
             raise ValueError(f"context {context} leaves no room in a {crop_size}-pixel crop")
         num_classes = len(class_names)
         self.class_names = list(class_names)
-        self.batcher = ImageBatcher(1)
+        self.batcher = ImageBatcher(1, backbone.pixel_mean, backbone.pixel_std)
         self.backbone = backbone
         self.fc = nn.Linear(backbone.out_channels, fc_dim)
         self.cls_score = nn.Linear(fc_dim, num_classes + 1)

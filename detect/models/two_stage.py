@@ -42,13 +42,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
-from detect.models.backbones import Backbone
+from detect.models.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone
 from detect.models.roi_head import RoIHead
 from detect.ops import flip_boxes
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 class ImageBatcher(nn.Module):
     """Normalise images with the backbone's pixel statistics and pad them into one tensor whose
@@ -119,7 +115,7 @@ class TwoStageDetector(nn.Module):
         super().__init__()
         # padded to the largest stride of the conv stages (FPN's extra max-pooled level takes any
         # size, as in torchvision): 480 rows stay 480 at stride 32 instead of 512 at 64
-        self.batcher = ImageBatcher(max(backbone.roi_strides))
+        self.batcher = ImageBatcher(max(backbone.roi_strides), backbone.pixel_mean, backbone.pixel_std)
         self.backbone = backbone
         self.add_module(self.proposer_attr, proposer)
         self.roi_head = roi_head

@@ -49,6 +49,7 @@ from detect.models.registry import stage_of
 from detect.proposals.attach import attach_proposals
 from detect.training.rcnn_phases import run_after_training
 from detect.utils.atomic import write_text_atomic
+from detect.utils.output_dirs import TRAINING_OUTPUTS, claim_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ class Trainer:
     """One training run; see the module docstring."""
 
     def __init__(self, cfg: Config, output_dir, resume: bool = False, progress: bool = True,
-                 model: Optional[torch.nn.Module] = None):
+                 model: Optional[torch.nn.Module] = None, overwrite: bool = False):
         # the run's own copy: classes and fitted anchors are written into it (and into config.yaml),
         # never into the caller's config
         self.cfg = cfg = copy.deepcopy(cfg)
@@ -194,6 +195,10 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         dist.init_distributed(self.device)
         self.rank, self.world = dist.rank(), dist.world_size()
+        if dist.is_main():  # a finished run is never started over by accident (detect/utils/output_dirs.py)
+            claim_output_dir(self.output_dir, TRAINING_OUTPUTS, "a training run", "--resume", resume=resume,
+                             overwrite=overwrite)
+        dist.barrier()
         self.stage = stage_of(cfg)  # an unknown model.type stops here, before the data is read
         if cfg.train.batch_size % self.world:
             raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by {self.world} processes")
@@ -452,7 +457,8 @@ class Trainer:
         if dist.is_main():
             averaged = self.ema.applied_to(self.model) if self.ema is not None else contextlib.nullcontext(self.model)
             with averaged as model:
-                metrics = evaluate(model, self.cfg, self.device, self.output_dir if final else None, self.progress)
+                metrics = evaluate(model, self.cfg, self.device, self.output_dir if final else None, self.progress,
+                                   source=str(self.output_dir / "model_final.pth") if final else None)
             if final:  # a finished run resumed evaluates again: its row replaces the earlier one
                 trim_log(log_file, self.iteration, drop_eval_at=self.iteration)
             with open(log_file, "a") as f:
@@ -464,6 +470,7 @@ class Trainer:
 
 
 def train(cfg: Config, output_dir, resume: bool = False, progress: bool = True,
-          model: Optional[torch.nn.Module] = None) -> Dict[str, Any]:
-    """Train ``cfg``'s model (or ``model``) into ``output_dir`` and evaluate it; returns the final metrics."""
-    return Trainer(cfg, output_dir, resume=resume, progress=progress, model=model).train()
+          model: Optional[torch.nn.Module] = None, overwrite: bool = False) -> Dict[str, Any]:
+    """Train ``cfg``'s model (or ``model``) into ``output_dir`` and evaluate it; returns the final metrics.
+    A folder that holds a run is refused unless ``resume`` (continue it) or ``overwrite`` (replace it)."""
+    return Trainer(cfg, output_dir, resume=resume, progress=progress, model=model, overwrite=overwrite).train()

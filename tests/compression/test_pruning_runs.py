@@ -57,22 +57,22 @@ def test_one_shot_unit_pruning_gives_the_masked_detectors_detections(trained):
 
 
 def test_pruned_checkpoint_round_trips_through_eval_and_infer(trained, tmp_path):
-    out = tmp_path / "unit.pth"
+    out = tmp_path / "unit" / "model_pruned.pth"
     r = _run("tools/compress.py", "prune", "--checkpoint", trained["checkpoint"], "--method", "unit", "--sparsity", "0.5",
-             "--output", out, "--num-rois", "50")
+             "--output-dir", out.parent, "--num-rois", "50")
     assert r.returncode == 0, r.stderr
     assert "fc6: 32 of 64 units kept" in r.stdout and "fc7: 32 of 64 units kept" in r.stdout
     model, cfg = load_model(out)
     assert model.roi_head.box_head.fc7.weight.shape == (32, 32)
     expected = evaluate(model, cfg, torch.device("cpu"), output_dir=None, progress=False)["coco"]
 
-    r = _run("tools/eval.py", "--checkpoint", out, "--output", tmp_path / "eval")
+    r = _run("tools/eval.py", "--checkpoint", out, "--output-dir", tmp_path / "eval")
     assert r.returncode == 0, r.stderr
     coco = json.loads((tmp_path / "eval" / "metrics.json").read_text())["coco"]
     assert coco["AP"] == pytest.approx(expected["AP"], abs=1e-9) and coco["AP50"] == pytest.approx(expected["AP50"], abs=1e-9)
 
     r = _run("tools/infer.py", "--checkpoint", out, "--input", trained["data"] / "images" / "test",
-             "--output", tmp_path / "infer", "--workers", "0", "--no-save-images")
+             "--output-dir", tmp_path / "infer", "--workers", "0", "--no-save-images")
     assert r.returncode == 0, r.stderr
     dets = json.loads((tmp_path / "infer" / "detections.json").read_text())
     listed = json.loads((tmp_path / "infer" / "images.json").read_text())["images"]
@@ -133,11 +133,11 @@ def test_rcnn_crop_network_fc_is_pruned_with_its_svms(tmp_path):
 
 def test_bad_requests_are_refused_with_what_to_do(trained, tmp_path):
     ck = trained["checkpoint"]
-    r = _run("tools/compress.py", "prune", "--checkpoint", ck, "--method", "unit", "--sparsity", "1.5", "--output",
-             tmp_path / "x.pth")
+    r = _run("tools/compress.py", "prune", "--checkpoint", ck, "--method", "unit", "--sparsity", "1.5", "--output-dir",
+             tmp_path / "x")
     assert r.returncode != 0
     assert "sparsity must be between 0 and 1 (exclusive): the share removed, got 1.5" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.pth").exists()
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "x" / "model_pruned.pth").exists()
     with pytest.raises(ValueError, match=r"unit pruning removes units of fc6, fc7; not of 'fc8'"):
         prune_checkpoint(ck, PruneSpec("unit", 0.5, layers=["fc8"]), tmp_path / "x.pth")
     with pytest.raises(ValueError, match=r"no prunable layer 'head.fc9' .* prunable layers are fc6, fc7"):

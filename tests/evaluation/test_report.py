@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.engine.test_errors import GT, RESULTS
+from tests.evaluation.test_error_analysis import GT, RESULTS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,9 +39,9 @@ def _eval(*args):
 
 def test_any_results_file_gets_the_metrics_errors_and_report(files):
     r = _eval("--detections", files / "dets.json", "--ann-file", files / "gt.json", "--img-dir", files / "images",
-              "--report", files / "report")
+              "--output-dir", files / "report", "--report")
     assert r.returncode == 0, r.stderr[-2000:]
-    metrics = json.loads((files / "metrics.json").read_text())
+    metrics = json.loads((files / "report" / "metrics.json").read_text())
     assert metrics["coco"]["AP50"] == pytest.approx((25.5 / 101 + 34 / 101) / 2, abs=1e-6)  # as in test_errors
     assert metrics["errors"]["counts"] == {"cls": 1, "loc": 1, "both": 1, "dupe": 1, "bkg": 1, "missed": 1}
     assert metrics["errors"]["dAP"]["bkg"] == pytest.approx((51 / 101 - 25.5 / 101) / 2, abs=1e-6)
@@ -56,7 +56,7 @@ def test_report_renders_in_a_real_browser(files):
     if browser is None:
         pytest.skip("Chromium is not installed here (.ci/run installs Debian's chromium when it can)")
     r = _eval("--detections", files / "dets.json", "--ann-file", files / "gt.json", "--img-dir", files / "images",
-              "--report", files / "report")
+              "--output-dir", files / "report", "--report")
     assert r.returncode == 0, r.stderr[-2000:]
     page = (files / "report" / "report.html").as_uri()
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--enable-logging=stderr", "--v=0"]
@@ -113,10 +113,10 @@ def test_boxes_written_as_corners_are_recognised(files):
 
 
 def test_an_empty_results_file_is_everything_missed(files):
-    r = _eval("--detections", _write(files / "none.json", []), "--ann-file", files / "gt.json", "--report",
-              files / "report")
+    r = _eval("--detections", _write(files / "none.json", []), "--ann-file", files / "gt.json", "--report")
     assert r.returncode == 0, r.stderr[-2000:]
-    metrics = json.loads((files / "metrics.json").read_text())
+    metrics = json.loads((files / "eval_none" / "metrics.json").read_text())  # beside the results file
+    assert (files / "eval_none" / "report.html").is_file()
     assert metrics["coco"]["AP50"] == 0.0
     assert metrics["errors"]["counts"]["missed"] == 5
 

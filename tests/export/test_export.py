@@ -110,8 +110,8 @@ def test_a_results_file_gets_the_checkpoint_runs_metrics_and_errors(trained, tmp
     direct = evaluate(model, cfg, torch.device("cpu"), progress=False, report=report)
     (tmp_path / "gt.json").write_text(json.dumps(saved["gt"]))
     (tmp_path / "dets.json").write_text(json.dumps(saved["results"]))
-    r = _run("eval.py", "--detections", tmp_path / "dets.json", "--ann-file", tmp_path / "gt.json", "--output",
-             tmp_path / "out", "--report", tmp_path / "file_report")
+    r = _run("eval.py", "--detections", tmp_path / "dets.json", "--ann-file", tmp_path / "gt.json", "--output-dir",
+             tmp_path / "out", "--report")
     assert r.returncode == 0, r.stderr[-2000:]
     from_file = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert direct["coco"]["AP50"] > 0
@@ -132,7 +132,7 @@ def test_infer_tool_writes_the_same_detections_with_the_onnx_file(trained, tmp_p
     folder = trained["data"] / "images" / "test"
     runs = {}
     for kind in ("checkpoint", "onnx"):
-        r = _run("infer.py", "--checkpoint", trained[kind], "--input", folder, "--output", tmp_path / kind,
+        r = _run("infer.py", "--checkpoint", trained[kind], "--input", folder, "--output-dir", tmp_path / kind,
                  "--workers", "0", "--no-save-images")
         assert r.returncode == 0, r.stderr[-2000:]
         runs[kind] = json.loads((tmp_path / kind / "detections.json").read_text())
@@ -343,21 +343,32 @@ def test_without_onnxruntime_the_message_names_the_extra(trained, monkeypatch):
 
 
 def test_export_tool_end_to_end_and_its_bad_input(trained, tmp_path):
-    r = _run("export.py", "--checkpoint", trained["checkpoint"], "--output", tmp_path / "m.onnx", "--int8",
+    r = _run("export.py", "--checkpoint", trained["checkpoint"], "--output-dir", tmp_path / "m", "--int8",
              "--calibration", trained["data"] / "images" / "train", "--calibration-images", "2", "--check-images", "1")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "parity" in r.stdout and "MISMATCH" not in r.stdout
-    assert (tmp_path / "m.onnx").is_file() and (tmp_path / "m.fp32.onnx").is_file()
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.onnx", "model_int8.onnx"]
+    # the spelling before 0.2, a file: the int8 model there, the float one beside it; with a note
+    r = _run("export.py", "--checkpoint", trained["checkpoint"], "--output", tmp_path / "old.onnx", "--int8",
+             "--calibration", trained["data"] / "images" / "train", "--calibration-images", "2", "--check-images", "0")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "note: --output is now --output-dir (a folder); the old spelling works until detect 0.3" in r.stderr
+    assert (tmp_path / "old.onnx").is_file() and (tmp_path / "old.fp32.onnx").is_file()
+    # a second export into the same folder is refused and leaves the first untouched
+    before = (tmp_path / "m" / "model.onnx").read_bytes()
+    r = _run("export.py", "--checkpoint", trained["checkpoint"], "--output-dir", tmp_path / "m", "--check-images", "0")
+    assert r.returncode == 2 and "already holds an export (model.onnx, model_int8.onnx)" in r.stderr
+    assert (tmp_path / "m" / "model.onnx").read_bytes() == before
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "a.jpg").write_bytes(b"broken")
-    r = _run("export.py", "--checkpoint", trained["checkpoint"], "--output", tmp_path / "n.onnx", "--int8",
+    r = _run("export.py", "--checkpoint", trained["checkpoint"], "--output-dir", tmp_path / "n", "--int8",
              "--calibration", empty, "--check-images", "0")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == f"error: {empty}: no readable calibration image; int8 calibration " \
                                                 "needs at least one"
-    assert not (tmp_path / "n.onnx").exists()
-    r = _run("export.py", "--checkpoint", trained["onnx"], "--output", tmp_path / "o.onnx")
+    assert not (tmp_path / "n" / "model_int8.onnx").exists()
+    r = _run("export.py", "--checkpoint", trained["onnx"], "--output-dir", tmp_path / "o")
     assert r.returncode == 2 and "already ONNX" in r.stderr
 
 

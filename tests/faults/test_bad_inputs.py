@@ -196,8 +196,8 @@ def test_cli_mistakes_get_one_line_and_exit_status_2(shapes_dir, tmp_path):
 
     (tmp_path / "taken").write_text("a file")
     code, lines = run_tool("tools/infer.py", "--checkpoint", run / "model_final.pth", "--input", shapes_dir / "images",
-                           "--output", tmp_path / "taken")
-    assert (code, lines) == (2, [f"error: --output {tmp_path / 'taken'}: a file of that name exists; the output is a folder"])
+                           "--output-dir", tmp_path / "taken")
+    assert (code, lines) == (2, [f"error: {tmp_path / 'taken'}: a file of that name exists; the output is a folder"])
 
 
 def test_an_error_raised_in_a_dataloader_worker_reaches_the_user_as_its_own_line():

@@ -63,7 +63,7 @@ def no_survivors(text: str, seconds: float = 10.0) -> List[int]:
 
 
 def infer_args(checkpoint, folder, out, skip):
-    return ["tools/infer.py", "--checkpoint", checkpoint, "--input", folder, "--output", out, "--workers", "2",
+    return ["tools/infer.py", "--checkpoint", checkpoint, "--input", folder, "--output-dir", out, "--workers", "2",
             "--batch-size", "2", *(["--skip-existing"] if skip else [])]
 
 
@@ -93,30 +93,31 @@ def test_infer_killed_twice_then_finished_writes_the_same_detections(folder_and_
     assert drawn == sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.*"))
 
 
-def proposals_args(data, out):
-    return ["tools/proposals.py", "compute", "--config", "configs/fast_rcnn/shapes.yaml", "--split", "train",
-            "--output", out, "--mode", "fast", "--workers", "2", f"data.train.ann_file={data}/train.json",
+def proposals_args(data, folder):
+    """The proposals file goes to folder/shapes_train_fast.npz (the name data.train.proposals gives it)."""
+    return ["tools/proposals.py", "compute", "--config", "configs/fast_rcnn/shapes.yaml", "--subset", "train",
+            "--output-dir", folder, "--mode", "fast", "--workers", "2", f"data.train.ann_file={data}/train.json",
             f"data.train.img_dir={data}/images"]
 
 
 def test_proposals_killed_mid_shard_and_between_shards_give_the_same_file(folder_and_checkpoint, tmp_path):
     data = folder_and_checkpoint[0]
-    code, out = launch("none", proposals_args(data, tmp_path / "full.npz"), tmp_path / "full.log")
+    code, out = launch("none", proposals_args(data, tmp_path / "full"), tmp_path / "full.log")
     assert code == 0, out[-3000:]
     small = "set:detect.proposals.cache.FLUSH_EVERY=2"  # shards of 2 images, so that kills land between them
-    cut = tmp_path / "cut.npz"
+    cut = tmp_path / "cut" / "shapes_train_fast.npz"
     for i, kill in enumerate([f"{small},call:detect.proposals.cache._flush:3",  # two shards (4 images) kept
                               f"{small},save:1:0.5"]):                          # half a shard file on disk
-        code, out = launch(kill, proposals_args(data, cut), tmp_path / f"cut{i}.log")
+        code, out = launch(kill, proposals_args(data, cut.parent), tmp_path / f"cut{i}.log")
         assert code == -signal.SIGKILL, out[-3000:]
         assert not cut.exists()
-    partial = tmp_path / "cut.npz.partial"
+    partial = tmp_path / "cut" / "shapes_train_fast.npz.partial"
     assert sorted(p.name for p in partial.iterdir() if p.name.startswith("shard")) == [
         "shard_000000.npz", "shard_000001.npz", "shard_000002.npz.tmp.npz"]
-    code, out = launch(small, proposals_args(data, cut), tmp_path / "last.log")
+    code, out = launch(small, proposals_args(data, cut.parent), tmp_path / "last.log")
     assert code == 0, out[-3000:]
     assert not partial.exists()
-    a, b = load_proposals(tmp_path / "full.npz"), load_proposals(cut)
+    a, b = load_proposals(tmp_path / "full" / "shapes_train_fast.npz"), load_proposals(cut)
     assert list(a.keys) == list(b.keys) and len(a.keys) == 12
     assert np.array_equal(a.image_ids, b.image_ids) and np.array_equal(a.offsets, b.offsets)
     assert np.array_equal(a.boxes, b.boxes) and a.meta == b.meta

@@ -121,7 +121,7 @@ def test_tiny_fast_rcnn_overfits_and_round_trips_through_infer(shapes_with_propo
     for img in ann["images"][:2]:
         (images / Path(img["file_name"]).name).write_bytes((data / "images" / img["file_name"]).read_bytes())
     r = subprocess.run([sys.executable, str(REPO / "tools" / "infer.py"), "--checkpoint", str(ckpt), "--input",
-                        str(images), "--output", str(tmp_path / "out")], capture_output=True, text=True,
+                        str(images), "--output-dir", str(tmp_path / "out")], capture_output=True, text=True,
                        cwd=REPO, timeout=600)
     assert r.returncode == 0, r.stderr
     dets = json.loads((tmp_path / "out" / "detections.json").read_text())
@@ -140,7 +140,8 @@ def test_tiny_fast_rcnn_overfits_and_round_trips_through_infer(shapes_with_propo
             assert best >= 0.5, (name, g, ours)
 
 
-    # full-rank truncated SVD (fc_dim 128): a compressed checkpoint that gives the same detections
+    # full-rank truncated SVD (fc_dim 128): a compressed checkpoint that gives the same detections (through
+    # the tool's first form, before 0.2: no subcommand, an output file; it still works, with notes)
     r = subprocess.run([sys.executable, str(REPO / "tools" / "compress.py"), "--checkpoint", str(ckpt), "--ranks",
                         "128", "128", "--output", str(tmp_path / "svd.pth"), "--num-rois", "50"],
                        capture_output=True, text=True, cwd=REPO, timeout=600)

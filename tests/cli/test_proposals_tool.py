@@ -18,9 +18,9 @@ def shapes_overrides(shapes_dir):
 
 
 def test_compute_then_recall_read_back(shapes_dir, tmp_path):
-    out = tmp_path / "test_props.npz"
-    common = ["--config", REPO / "configs/datasets/shapes.yaml", "--split", "test"]
-    r = run_tool("proposals.py", "compute", *common, "--output", out, "--mode", "fast", "--workers", "2",
+    out = tmp_path / "test_fast.npz"  # the annotation file's name and the mode, in --output-dir
+    common = ["--config", REPO / "configs/datasets/shapes.yaml", "--subset", "test"]
+    r = run_tool("proposals.py", "compute", *common, "--output-dir", tmp_path, "--mode", "fast", "--workers", "2",
                  *shapes_overrides(shapes_dir))
     assert r.returncode == 0, r.stderr
     assert "4 images, 4 computed" in r.stdout
@@ -43,7 +43,9 @@ def test_compute_then_recall_read_back(shapes_dir, tmp_path):
     assert result["overall"]["all"]["recall@0.5"] >= 0.8
     assert "R@0.5" in r.stdout
 
-    r = run_tool("proposals.py", "compute", *common, "--output", out, "--mode", "single", *shapes_overrides(shapes_dir))
+    # the file a config names (data.test.proposals), asked for with other settings
+    r = run_tool("proposals.py", "compute", *common, "--mode", "single", *shapes_overrides(shapes_dir),
+                 f"data.test.proposals={out}")
     assert r.returncode == 2 and "other settings" in r.stderr and "--overwrite" in r.stderr
 
 

@@ -49,7 +49,7 @@ def test_train_then_eval_cli(square_data, tmp_path):
     state = load_checkpoint(tmp_path / "run" / "model_final.pth")
     assert state["class_names"] == ["rectangle", "ellipse", "triangle"] and state["config"]["train"]["max_iter"] == 4
 
-    r = run(["tools/eval.py", "--checkpoint", tmp_path / "run" / "model_final.pth", "--output", tmp_path / "eval"])
+    r = run(["tools/eval.py", "--checkpoint", tmp_path / "run" / "model_final.pth", "--output-dir", tmp_path / "eval"])
     assert r.returncode == 0, r.stderr[-2000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     # the same checkpoint on the same test split: the evaluation at the end of training, to the last digit
@@ -102,7 +102,7 @@ def test_nan_on_one_rank_stops_every_rank(square_data, tmp_path):
     common = [*data_overrides(square_data), "train.max_iter=5", "train.batch_size=2", "train.checkpoint_period=1",
               "data.test.ann_file=null"]
     r = run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-             "tests/tools/nan_on_one_rank.py", tmp_path, *common], env={"OMP_NUM_THREADS": "1"}, timeout=180)
+             "tests/cli/nan_on_one_rank.py", tmp_path, *common], env={"OMP_NUM_THREADS": "1"}, timeout=180)
     messages = [tmp_path / f"diverged_rank{rank}.txt" for rank in (0, 1)]
     assert all(m.is_file() for m in messages), r.stdout[-2000:] + r.stderr[-3000:]
     for m in messages:

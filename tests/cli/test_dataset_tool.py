@@ -28,17 +28,17 @@ def test_stats_json_and_show(shapes_dir, tmp_path):
     assert stats["images_without_boxes"] == no_boxes
     assert sum(b["count"] for b in stats["size_histogram"]) == stats["boxes"]
 
-    r = run_tool("show", *source, "--num", 3, "--out", tmp_path / "show")
+    r = run_tool("show", *source, "--num", 3, "--output-dir", tmp_path / "show")
     assert r.returncode == 0, r.stderr
     shown = sorted((tmp_path / "show").glob("*.jpg"))
     assert len(shown) == 3 and cv2.imread(str(shown[0])) is not None
 
 
 def test_convert_voc_to_coco(bccd_root, tmp_path):
-    r = run_tool("convert", "--format", "voc", "--root", bccd_root, "--split", "test", "--out", tmp_path / "t.json",
+    r = run_tool("convert", "--format", "voc", "--root", bccd_root, "--split", "test", "--output-dir", tmp_path / "t",
                  "data.classes=[RBC,WBC,Platelets]")
     assert r.returncode == 0, r.stderr
-    coco = COCO(str(tmp_path / "t.json"))
+    coco = COCO(str(tmp_path / "t" / "annotations.json"))
     assert len(coco.getImgIds()) == 72 and min(coco.getImgIds()) == 1
     assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["RBC", "WBC", "Platelets"]
     first = coco.loadImgs(1)[0]

@@ -55,7 +55,7 @@ def run_infer(*args):
 
 def test_cli_on_a_messy_folder_and_resume(checkpoint, messy_folder, tmp_path):
     out = tmp_path / "out"
-    r = run_infer("--checkpoint", checkpoint, "--input", messy_folder, "--output", out, "--score-thresh", "0.0",
+    r = run_infer("--checkpoint", checkpoint, "--input", messy_folder, "--output-dir", out, "--score-thresh", "0.0",
                   "--batch-size", "2", "--workers", "1")
     assert r.returncode == 0, r.stderr[-2000:]
     written = sorted(p.relative_to(out / "images").as_posix() for p in (out / "images").rglob("*") if p.is_file())
@@ -87,7 +87,7 @@ def test_cli_on_a_messy_folder_and_resume(checkpoint, messy_folder, tmp_path):
     for name in ("b/img.jpg", "gray.png"):
         (out / ".results" / f"{name}.json").unlink()
     mtime = (out / "images" / "a" / "img.jpg").stat().st_mtime_ns
-    r = run_infer("--checkpoint", checkpoint, "--input", messy_folder, "--output", out, "--score-thresh", "0.0",
+    r = run_infer("--checkpoint", checkpoint, "--input", messy_folder, "--output-dir", out, "--score-thresh", "0.0",
                   "--skip-existing", "--workers", "0")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "2 processed now, 3 already done" in r.stdout
@@ -118,10 +118,10 @@ def test_predictor_api_maps_to_original_pixels(checkpoint, messy_folder):
 
 def test_empty_folder_and_bad_checkpoint_fail_clearly(checkpoint, tmp_path):
     (tmp_path / "empty").mkdir()
-    r = run_infer("--checkpoint", checkpoint, "--input", tmp_path / "empty", "--output", tmp_path / "o")
+    r = run_infer("--checkpoint", checkpoint, "--input", tmp_path / "empty", "--output-dir", tmp_path / "o")
     assert r.returncode == 2 and "no images found" in r.stderr and "Traceback" not in r.stderr
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
-    r = run_infer("--checkpoint", tmp_path / "bad.pth", "--input", tmp_path / "empty", "--output", tmp_path / "o")
+    r = run_infer("--checkpoint", tmp_path / "bad.pth", "--input", tmp_path / "empty", "--output-dir", tmp_path / "o")
     assert r.returncode == 2 and "bad.pth" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -132,7 +132,7 @@ def test_video_every_kth_frame(checkpoint, tmp_path):
     for _ in range(5):
         writer.write(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8))
     writer.release()
-    r = run_infer("--checkpoint", checkpoint, "--input", video, "--output", tmp_path / "v", "--every", "2",
+    r = run_infer("--checkpoint", checkpoint, "--input", video, "--output-dir", tmp_path / "v", "--every", "2",
                   "--score-thresh", "0.0")
     assert r.returncode == 0, r.stderr[-2000:]
     images = json.loads((tmp_path / "v" / "images.json").read_text())["images"]
@@ -151,7 +151,7 @@ def test_very_large_image(checkpoint, tmp_path):
     big[::50] = 255
     cv2.imwrite(str(tmp_path / "big" / "huge.png"), big, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     del big
-    r = run_infer("--checkpoint", checkpoint, "--input", tmp_path / "big", "--output", tmp_path / "o",
+    r = run_infer("--checkpoint", checkpoint, "--input", tmp_path / "big", "--output-dir", tmp_path / "o",
                   "--score-thresh", "0.0", "--workers", "0")
     assert r.returncode == 0, r.stderr[-2000:]
     img = json.loads((tmp_path / "o" / "images.json").read_text())["images"][0]
@@ -168,34 +168,34 @@ def test_very_large_image(checkpoint, tmp_path):
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
 def test_missing_cuda_is_a_clear_error(checkpoint, messy_folder, tmp_path):
-    r = run_infer("--checkpoint", checkpoint, "--input", messy_folder, "--output", tmp_path / "o", "--device", "cuda")
+    r = run_infer("--checkpoint", checkpoint, "--input", messy_folder, "--output-dir", tmp_path / "o", "--device", "cuda")
     assert r.returncode == 2 and "CUDA is not available" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_glob_single_file_and_class_filter(checkpoint, messy_folder, tmp_path):
-    r = run_infer("--checkpoint", checkpoint, "--input", f"{messy_folder}/*/img.jpg", "--output", tmp_path / "glob",
+    r = run_infer("--checkpoint", checkpoint, "--input", f"{messy_folder}/*/img.jpg", "--output-dir", tmp_path / "glob",
                   "--score-thresh", "0.0", "--workers", "0")
     assert r.returncode == 0, r.stderr[-2000:]
     images = json.loads((tmp_path / "glob" / "images.json").read_text())["images"]
     assert sorted(i["file_name"] for i in images) == ["a/img.jpg", "b/img.jpg"]
 
-    r = run_infer("--checkpoint", checkpoint, "--input", messy_folder / "gray.png", "--output", tmp_path / "one",
+    r = run_infer("--checkpoint", checkpoint, "--input", messy_folder / "gray.png", "--output-dir", tmp_path / "one",
                   "--score-thresh", "0.0", "--workers", "0")
     assert r.returncode == 0, r.stderr[-2000:]
     assert [i["file_name"] for i in json.loads((tmp_path / "one" / "images.json").read_text())["images"]] == ["gray.png"]
     every = json.loads((tmp_path / "one" / "detections.json").read_text())
     cats = {c["name"]: c["id"] for c in json.loads((tmp_path / "one" / "images.json").read_text())["categories"]}
 
-    r = run_infer("--checkpoint", checkpoint, "--input", messy_folder / "gray.png", "--output", tmp_path / "kept",
-                  "--score-thresh", "0.0", "--workers", "0", "--classes", "ellipse,triangle")
+    r = run_infer("--checkpoint", checkpoint, "--input", messy_folder / "gray.png", "--output-dir", tmp_path / "kept",
+                  "--score-thresh", "0.0", "--workers", "0", "--classes", "ellipse", "triangle")
     assert r.returncode == 0, r.stderr[-2000:]
     kept = json.loads((tmp_path / "kept" / "detections.json").read_text())
     assert kept == [d for d in every if d["category_id"] in (cats["ellipse"], cats["triangle"])]
     assert len(kept) < len(every)  # the random model's rectangles were there, and were left out
 
-    r = run_infer("--checkpoint", checkpoint, "--input", messy_folder, "--output", tmp_path / "x", "--classes", "dog")
+    r = run_infer("--checkpoint", checkpoint, "--input", messy_folder, "--output-dir", tmp_path / "x", "--classes", "dog")
     assert r.returncode == 2
     assert r.stderr.strip() == ("error: --classes: unknown class names ['dog']; the model knows "
                                 "['rectangle', 'ellipse', 'triangle']")
-    r = run_infer("--checkpoint", checkpoint, "--input", f"{messy_folder}/*.nothing", "--output", tmp_path / "x")
+    r = run_infer("--checkpoint", checkpoint, "--input", f"{messy_folder}/*.nothing", "--output-dir", tmp_path / "x")
     assert r.returncode == 2 and r.stderr.strip() == f"error: no images match {messy_folder}/*.nothing"

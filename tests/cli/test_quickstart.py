@@ -1,5 +1,4 @@
 import json
-import math
 import re
 import subprocess
 import sys
@@ -11,8 +10,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_quickstart_trains_evaluates_and_annotates_a_folder(tmp_path):
-    r = subprocess.run([sys.executable, str(REPO / "tools" / "quickstart.py"), "--minutes", "0.2", "--num-train", "12",
-                        "--num-test", "4", "--data", str(tmp_path / "shapes"), "--output", str(tmp_path / "run")],
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "quickstart.py"), "--iterations", "12", "--num-train", "12",
+                        "--num-test", "4", "--data", str(tmp_path / "shapes"), "--output-dir", str(tmp_path / "run")],
                        capture_output=True, text=True, cwd=REPO, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "run"
@@ -22,7 +21,11 @@ def test_quickstart_trains_evaluates_and_annotates_a_folder(tmp_path):
     row = r" +".join(re.escape(f"{coco[k]:.3f}") for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"))
     assert re.search(rf"^ *{row} ", r.stdout, re.M), (row, r.stdout[-3000:])
     assert coco["AP50"] >= coco["AP"] >= 0 and metrics["num_images"] == 4
+    assert metrics["checkpoint"] == str(run / "model_final.pth")
     assert (run / "model_final.pth").is_file() and (run / "pr_curves.png").is_file()
+    ran = [json.loads(line)["iteration"] for line in (run / "log.jsonl").read_text().splitlines()
+           if '"loss"' in line]
+    assert ran[-1] == 12 and "for 12 iterations" in r.stdout
     written = sorted(p.name for p in (run / "infer" / "images").iterdir())
     tests = sorted(p.name for p in (tmp_path / "shapes" / "images" / "test").iterdir())
     assert written == tests and len(tests) == 4
@@ -30,8 +33,8 @@ def test_quickstart_trains_evaluates_and_annotates_a_folder(tmp_path):
     assert len(gt.getImgIds()) == 4
     detections = json.loads((run / "infer" / "detections.json").read_text())
     assert all(d["score"] >= 0.5 for d in detections)
-    # the printed summary counts what detections.json holds, per class (after 12 seconds of training
-    # the count may be zero: the numbers must agree either way)
+    # the printed summary counts what detections.json holds, per class (after 12 iterations the
+    # count may be zero: the numbers must agree either way)
     summary = r.stdout[r.stdout.index("[4/4] inference"):]
     assert f"4 images with results (4 processed now, 0 already done), {len(detections)} detections" in summary
     names = {c["id"]: c["name"] for c in gt.loadCats(gt.getCatIds())}
@@ -40,10 +43,5 @@ def test_quickstart_trains_evaluates_and_annotates_a_folder(tmp_path):
         assert re.search(rf"^  {name} +{count}$", summary, re.M), (name, count, summary)
     if detections:
         gt.loadRes(str(run / "infer" / "detections.json"))  # valid COCO results for these images
-    # 12 seconds are far fewer iterations than the README's figure took: the run says how many minutes
-    # give as many here
-    ran = max(json.loads(line).get("iteration", 0) for line in (run / "log.jsonl").read_text().splitlines())
-    note = re.search(r"^note: ([\d,]+) iterations ran in 0.2 minutes;.* --minutes (\d+)$", r.stdout, re.M)
-    assert note, r.stdout[-2000:]
-    assert int(note.group(1).replace(",", "")) == ran
-    assert int(note.group(2)) == math.ceil(0.2 * 3300 / ran)
+    # the package says nothing against its own configuration
+    assert "WARNING" not in r.stderr, r.stderr[-3000:]
