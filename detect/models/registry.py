@@ -80,11 +80,13 @@ def stage_of(cfg) -> Stage:
         raise ConfigError(f"model.type {cfg.model.type!r} is not a stage; one of {list(STAGES)}") from None
 
 
-def build_model(cfg):
-    """Build the detector ``cfg.model.type`` names, for the classes in ``cfg.data.classes``."""
+def build_model(cfg, backbone_weights: bool = True):
+    """Build the detector ``cfg.model.type`` names, for the classes in ``cfg.data.classes``.
+    ``backbone_weights=False``: the same model without reading ``model.backbone.pretrained`` (a
+    checkpoint's weights replace them; nothing is downloaded or needed to run a trained model)."""
     stage = stage_of(cfg)
     class_names = list(cfg.data.classes)
     if not class_names:
         raise ValueError("data.classes is empty: the model needs the class names (the training tool fills "
                          "them from the dataset; set data.classes=[a,b,...] otherwise)")
-    return stage.build(cfg, backbone_from_config(cfg), class_names)
+    return stage.build(cfg, backbone_from_config(cfg, load_weights=backbone_weights), class_names)

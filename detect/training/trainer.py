@@ -221,7 +221,9 @@ class Trainer:
 
         # ``model`` lets a benchmark train another library's detector with the same data, schedule
         # and evaluation (anything taking images + targets and returning a loss dict).
-        self.model = (model if model is not None else build_model(cfg)).to(self.device)
+        # resuming from a checkpoint, its weights replace the backbone's pretrained ones: those are not read
+        resuming = resume and find_last_checkpoint(self.output_dir) is not None
+        self.model = (model if model is not None else build_model(cfg, backbone_weights=not resuming)).to(self.device)
         if cfg.model.weights:
             load_transfer_weights(self.model, cfg.model.weights)
         self.optimizer = build_optimizer(cfg, self.model)
@@ -262,7 +264,7 @@ class Trainer:
             logger.info("anchors fitted to the training boxes: sizes %s on strides %s, ratios (h/w) %s; best possible "
                         "recall %.3f (before fitting: %.3f)", rpn.anchor_sizes, fit["strides"], rpn.aspect_ratios,
                         fit["report"]["bpr"] or 0.0, fit["reports"]["current"]["bpr"] or 0.0)
-        advice = lost_boxes_advice(fit["report"], fitted=auto)
+        advice = lost_boxes_advice(fit["missed"], fitted=auto)  # the boxes likely missed (anchor_fit.MISSED_IOU)
         if advice:
             logger.warning("%s", advice)
 

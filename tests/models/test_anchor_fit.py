@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from detect.models.anchor_fit import (anchor_report, best_anchor_iou, fit_anchors, grid_iou_limit,
+from detect.models.anchor_fit import (MISSED_IOU, anchor_report, best_anchor_iou, fit_anchors, grid_iou_limit,
                                       lost_boxes_advice)
 
 
@@ -105,3 +105,17 @@ def test_advice_names_the_share_lost_and_the_fix():
     report = anchor_report(long, np.ones(10, int), ["pole"], [[16.0, 32.0]], [0.5, 1.0, 2.0], [2])
     assert "aspect ratios (h/w 10-10)" in lost_boxes_advice(report)
     assert lost_boxes_advice(anchor_report(long, np.ones(10, int), ["pole"], [[25.3]], [10.0], [2])) is None
+
+
+def test_training_warns_about_the_boxes_under_half_an_anchor_not_those_under_the_rpns_threshold():
+    # 20-px squares 2 px off the centres of a stride-8 grid of 20-px anchors: overlap 18 x 18 = 324,
+    # union 2 x 400 - 324 = 476, IoU 0.68: under the RPN's 0.7 (its low-quality match still learns
+    # them), over the 0.5 at which training warns
+    near = np.array([square(4 + 2 + 8 * k, 4 + 2, 20) for k in range(10)])
+    assert anchor_report(near, np.ones(10, int), ["s"], [[20.0]], [1.0], [8])["lost"]["total"] == 10
+    assert anchor_report(near, np.ones(10, int), ["s"], [[20.0]], [1.0], [8], MISSED_IOU)["lost"]["total"] == 0
+    assert lost_boxes_advice(anchor_report(near, np.ones(10, int), ["s"], [[20.0]], [1.0], [8], MISSED_IOU)) is None
+    # 4 px off (the worst place on the grid): overlap 16 x 16 = 256, union 544, IoU 0.47 -> warned
+    far = np.array([square(4 + 4 + 8 * k, 4 + 4, 20) for k in range(10)])
+    advice = lost_boxes_advice(anchor_report(far, np.ones(10, int), ["s"], [[20.0]], [1.0], [8], MISSED_IOU))
+    assert advice.startswith("100% of the training boxes (10 of 10) have no anchor at IoU >= 0.5")
