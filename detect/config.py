@@ -108,6 +108,11 @@ KEYS: List[Key] = [
     Key("model.rpn.aspect_ratios", [0.5, 1.0, 2.0], "anchor heights / widths; auto: fitted to the training boxes",
         types=(list, str), items=float, choices=("auto",)),
     Key("model.rpn.sizes_per_level", 0, "auto anchor sizes per level; 0: as many as the defaults", bounds=NONNEGATIVE),
+    Key("model.rpn.anchor_offset", 0.5, "where anchors sit in their cell, in strides: 0.5 its centre; 0 its top-left "
+                                        "corner (torchvision's, detectron2's)", bounds=FRACTION),
+    Key("model.rpn.round_anchors", False, "round each cell anchor's corners to whole pixels (torchvision)"),
+    Key("model.rpn.anchor_spacing", "stride", "anchors of a level spaced by its stride, or by the padded image's side "
+                                              "over the map's (image: torchvision's rule)", choices=("stride", "image")),
     Key("model.rpn.fg_iou", 0.7, "an anchor at this IoU with a box is positive", bounds=FRACTION),
     Key("model.rpn.bg_iou", 0.3, "an anchor under this IoU with every box is negative", bounds=FRACTION),
     Key("model.rpn.batch_size_per_image", 256, "anchors sampled per image for the RPN's loss", bounds=POSITIVE),
@@ -119,9 +124,13 @@ KEYS: List[Key] = [
     Key("model.rpn.post_nms_topk_test", 300, "proposals per image after NMS, testing (the paper: 300)",
         bounds=POSITIVE, test_time=True),
     Key("model.rpn.nms_thresh", 0.7, "the RPN's NMS IoU", bounds=FRACTION, test_time=True),
+    Key("model.rpn.score_thresh", 0.0, "proposals with an objectness probability under this are dropped "
+                                       "(torchvision's MobileNetV3 detectors: 0.05)", bounds=FRACTION, test_time=True),
     Key("model.roi_head.pooler", "pool", "RoI max pooling (the papers) or RoI align", choices=("pool", "align")),
     Key("model.roi_head.resolution", 7, "pooled grid side", bounds=POSITIVE),
     Key("model.roi_head.sampling_ratio", 2, "RoI align: samples per bin side", bounds=NONNEGATIVE),
+    Key("model.roi_head.aligned", True, "RoI align: shift by half a pixel (Mask R-CNN's correction; torchvision's "
+                                        "Faster R-CNN: false)"),
     Key("model.roi_head.canonical_size", 224.0, "FPN: RoIs of this size pool from stride 16 (x2 size: next level)",
         bounds=POSITIVE),
     Key("model.roi_head.box_head", "fc", "two fully connected layers, or res5 (ResNet C4 backbones)",

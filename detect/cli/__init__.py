@@ -15,12 +15,13 @@ import sys
 from typing import Optional, Sequence
 
 from detect import __version__
-from detect.cli import benchmark, compress, dataset, eval, export, infer, proposals, quickstart, train
+from detect.cli import (benchmark, compress, dataset, eval, export, import_weights, infer, proposals, quickstart,
+                        train)
 from detect.cli.common import run_cli, setup_logging
 
 # in the order a user meets them
 COMMANDS = {"quickstart": quickstart, "train": train, "eval": eval, "infer": infer, "export": export,
-            "compress": compress, "dataset": dataset, "proposals": proposals,
+            "compress": compress, "dataset": dataset, "proposals": proposals, "import-weights": import_weights,
             "benchmark": benchmark}
 
 

@@ -215,6 +215,28 @@ def _tiny_stages(norm: str, width: float) -> List[Stage]:
             Stage(_conv_block(c[3], c[4], norm), 32, c[4])]
 
 
+def _split_repeated_strides(stages: List[Stage], fpn_strides: Sequence[int], name: str) -> List[Stage]:
+    """A stride named twice in ``fpn_strides`` makes the FPN read the first block of that stride too
+    (torchvision's MobileNetV3 detectors read the first stride-32 block and the last layer): its
+    stage is split after its first layer."""
+    repeated = {s for s in fpn_strides if list(fpn_strides).count(s) > 1}
+    if any(list(fpn_strides).count(s) > 2 for s in repeated):
+        raise ValueError(f"model.backbone.fpn_strides {list(fpn_strides)}: a stride can be named at most twice")
+    last = {stage.stride: i for i, stage in enumerate(stages)}
+    out = []
+    for i, stage in enumerate(stages):
+        if stage.stride in repeated and i == last[stage.stride] and len(stage) > 1:
+            layers = list(stage)
+            out += [Stage(layers[:1], stage.stride, _out_channels(nn.Sequential(layers[0]))),
+                    Stage(layers[1:], stage.stride, stage.channels)]
+        else:
+            out.append(stage)
+    missing = [s for s in repeated if sum(st.stride == s for st in out) < 2]
+    if missing:
+        raise ValueError(f"model.backbone.fpn_strides {list(fpn_strides)}: {name}'s stride {missing[0]} is one layer")
+    return out
+
+
 def build_backbone(name: str, pretrained: Optional[str] = None, fpn: bool = False, norm: str = "bn",
                    freeze_at: int = 0, fpn_channels: int = FPN_CHANNELS, fpn_strides: Sequence[int] = (),
                    width: float = 1.0, channels_last: bool = False) -> Backbone:
@@ -251,12 +273,17 @@ def build_backbone(name: str, pretrained: Optional[str] = None, fpn: bool = Fals
         stages = _tiny_stages(norm, width)
         returned = [1, 2, 3] if fpn else [2]
     if fpn and fpn_strides:
+        stages = _split_repeated_strides(stages, fpn_strides, name)
         by_stride = {stage.stride: i for i, stage in enumerate(stages)}  # the last stage of each stride
         unknown = [s for s in fpn_strides if s not in by_stride]
         if unknown:
             raise ValueError(f"model.backbone.fpn_strides {list(fpn_strides)}: {name} has no stage of stride "
                              f"{unknown}; its stages end at strides {sorted(by_stride)}")
-        returned = sorted(by_stride[s] for s in set(fpn_strides))
+        first = {}
+        for i, stage in enumerate(stages):
+            first.setdefault(stage.stride, i)
+        repeated = {s for s in fpn_strides if list(fpn_strides).count(s) > 1}
+        returned = sorted({by_stride[s] for s in fpn_strides} | {first[s] for s in repeated})
     pixels = ((efficientnet_lite.PIXEL_MEAN, efficientnet_lite.PIXEL_STD) if name in efficientnet_lite.VARIANTS
               else (IMAGENET_MEAN, IMAGENET_STD))
     backbone = Backbone(stages, returned, fpn, res5=res5, fpn_channels=fpn_channels, channels_last=channels_last,

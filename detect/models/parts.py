@@ -57,16 +57,18 @@ def configured_anchors(cfg, strides: Sequence[int]):
 def build_rpn(cfg, backbone: Backbone) -> RPN:
     r = cfg.model.rpn
     if "auto" in (r.anchor_sizes, r.aspect_ratios):
-        raise ValueError("model.rpn.anchor_sizes / aspect_ratios is 'auto' but was never fitted: tools/train.py "
+        raise ValueError("model.rpn.anchor_sizes / aspect_ratios is 'auto' but was never fitted: detect train "
                          "fits them to the training set (and stores them in the run's config and checkpoint); "
-                         "tools/dataset.py anchors --config CFG prints them")
+                         "detect dataset anchors --config CFG prints them")
     sizes = r.anchor_sizes or default_anchor_sizes(backbone.strides, backbone.fpn is not None)
-    anchors = AnchorGenerator(sizes, r.aspect_ratios, backbone.strides)
+    anchors = AnchorGenerator(sizes, r.aspect_ratios, backbone.strides, r.anchor_offset, r.round_anchors,
+                              r.anchor_spacing)
     return RPN(anchors, RPNHead(backbone.out_channels, anchors.num_anchors_per_cell),
                Matcher([r.bg_iou, r.fg_iou], [BACKGROUND, IGNORE, FOREGROUND], allow_low_quality_matches=True),
                BalancedSampler(r.batch_size_per_image, r.positive_fraction),
                pre_nms_topk=(r.pre_nms_topk_train, r.pre_nms_topk_test),
-               post_nms_topk=(r.post_nms_topk_train, r.post_nms_topk_test), nms_thresh=r.nms_thresh)
+               post_nms_topk=(r.post_nms_topk_train, r.post_nms_topk_test), nms_thresh=r.nms_thresh,
+               score_thresh=r.score_thresh)
 
 
 def build_external_proposer(cfg) -> ExternalProposals:
@@ -90,7 +92,7 @@ def build_roi_head(cfg, backbone: Backbone, num_classes: int) -> RoIHead:
         if h.svd_ranks:  # a checkpoint compressed by tools/compress.py: build its layer shapes
             factorise_box_head_shapes(box_head, h.svd_ranks)
     pooler = RoIPooler(resolution, backbone.roi_strides, mode=h.pooler, sampling_ratio=h.sampling_ratio,
-                       canonical_size=h.canonical_size)
+                       canonical_size=h.canonical_size, aligned=h.aligned)
     labels = [BACKGROUND, FOREGROUND] if h.bg_iou_low <= 0 else [IGNORE, BACKGROUND, FOREGROUND]
     thresholds = [h.fg_iou] if h.bg_iou_low <= 0 else [h.bg_iou_low, h.fg_iou]
     return RoIHead(pooler, box_head, BoxPredictor(box_head.out_channels, num_classes),

@@ -243,7 +243,9 @@ class RoIHead(nn.Module):
         start = 0
         for props in proposals:
             n = props.shape[0]
-            out.append((boxes_all[start:start + n].view(n, -1, 4)[:, 1:], scores_all[start:start + n, 1:]))
+            # the number of classes spelled out: an image without RoIs has n = 0 (view(0, -1, 4) is ambiguous)
+            out.append((boxes_all[start:start + n].view(n, boxes_all.shape[1] // 4, 4)[:, 1:],
+                        scores_all[start:start + n, 1:]))
             start += n
         return out
 

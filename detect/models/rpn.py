@@ -57,6 +57,7 @@ class RPN(nn.Module):
         pre_nms_topk, post_nms_topk: ``(train, test)`` pairs; pre-NMS k applies per level.
         nms_thresh: IoU of the proposal NMS.
         min_size: proposals narrower or shorter than this (pixels) are dropped.
+        score_thresh: proposals whose objectness probability is under this are dropped (0: none).
     """
 
     # under test-time flip each view takes the proposals of its own features (detect.models.two_stage)
@@ -64,7 +65,8 @@ class RPN(nn.Module):
 
     def __init__(self, anchor_generator: AnchorGenerator, head: RPNHead, matcher: Matcher,
                  sampler: BalancedSampler, pre_nms_topk: Tuple[int, int], post_nms_topk: Tuple[int, int],
-                 nms_thresh: float = 0.7, min_size: float = 1e-3, smooth_l1_beta: float = 1.0 / 9):
+                 nms_thresh: float = 0.7, min_size: float = 1e-3, smooth_l1_beta: float = 1.0 / 9,
+                 score_thresh: float = 0.0):
         super().__init__()
         self.anchor_generator = anchor_generator
         self.head = head
@@ -76,6 +78,7 @@ class RPN(nn.Module):
         self.nms_thresh = nms_thresh
         self.min_size = min_size
         self.smooth_l1_beta = smooth_l1_beta
+        self.score_thresh = score_thresh
 
     def forward(self, features: List[torch.Tensor], image_sizes: Sequence[ImageSize],
                 targets: Optional[List[Dict[str, torch.Tensor]]] = None, images=None,
@@ -120,6 +123,8 @@ class RPN(nn.Module):
             b = clip_boxes(boxes[i], size)
             s = scores[i]
             keep = nonempty_boxes(b, self.min_size) & torch.isfinite(s)
+            if self.score_thresh > 0:
+                keep &= torch.sigmoid(s) >= self.score_thresh
             b, s, lv = b[keep], s[keep], levels[keep]
             keep = batched_nms(b, s, lv, self.nms_thresh, max_keep=post_k)  # NMS per level, as torchvision
             proposals.append(b[keep])

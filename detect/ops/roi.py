@@ -33,25 +33,25 @@ def _wants_grad(features: List[torch.Tensor]) -> bool:
 
 
 def _roi_align_cpu(feature: torch.Tensor, rois: torch.Tensor, index: torch.Tensor, out: torch.Tensor,
-                   stride: int, sampling_ratio: int) -> None:
-    """``out[index] = torchvision.ops.roi_align(feature, rois, ..., aligned=True)``, equal to it bit for
+                   stride: int, sampling_ratio: int, aligned: bool) -> None:
+    """``out[index] = torchvision.ops.roi_align(feature, rois, ..., aligned=aligned)``, equal to it bit for
     bit, through the channels-last kernel in :mod:`detect.ops._cpu_kernels` (3-4x faster on CPU)."""
     nhwc = feature.detach().permute(0, 2, 3, 1).contiguous().numpy()
     roi_align_nhwc(nhwc, rois.detach().contiguous().numpy(), out.numpy(), index.numpy(), np.float32(1.0 / stride),
-                   sampling_ratio, True)
+                   sampling_ratio, aligned)
 
 
 class _RoIAlignCPU(torch.autograd.Function):
-    """``torchvision.ops.roi_align(..., aligned=True)`` on a float32 CPU map with a gradient for the
+    """``torchvision.ops.roi_align(..., aligned=aligned)`` on a float32 CPU map with a gradient for the
     map, both passes through the channels-last kernels (equal to torchvision's bit for bit)."""
 
     @staticmethod
     def forward(ctx, feature: torch.Tensor, rois: torch.Tensor, stride: int, sampling_ratio: int,
-                output_size: Tuple[int, int]) -> torch.Tensor:
+                output_size: Tuple[int, int], aligned: bool) -> torch.Tensor:
         out = feature.new_empty((rois.shape[0], feature.shape[1]) + tuple(output_size))
-        _roi_align_cpu(feature, rois, torch.arange(rois.shape[0]), out, stride, sampling_ratio)
+        _roi_align_cpu(feature, rois, torch.arange(rois.shape[0]), out, stride, sampling_ratio, aligned)
         ctx.save_for_backward(rois)
-        ctx.shape, ctx.stride, ctx.sampling_ratio = feature.shape, stride, sampling_ratio
+        ctx.shape, ctx.stride, ctx.sampling_ratio, ctx.aligned = feature.shape, stride, sampling_ratio, aligned
         return out
 
     @staticmethod
@@ -60,8 +60,8 @@ class _RoIAlignCPU(torch.autograd.Function):
         b, c, h, w = ctx.shape
         grad_in = grad.new_zeros((b, h, w, c))
         roi_align_nhwc_backward(grad.permute(0, 2, 3, 1).contiguous().numpy(), rois.detach().contiguous().numpy(),
-                                grad_in.numpy(), np.float32(1.0 / ctx.stride), ctx.sampling_ratio, True)
-        return grad_in.permute(0, 3, 1, 2).contiguous(), None, None, None, None
+                                grad_in.numpy(), np.float32(1.0 / ctx.stride), ctx.sampling_ratio, ctx.aligned)
+        return grad_in.permute(0, 3, 1, 2).contiguous(), None, None, None, None, None
 
 
 def _roi_pool_cpu(feature: torch.Tensor, rois: torch.Tensor, index: torch.Tensor, out: torch.Tensor,
@@ -99,12 +99,14 @@ class _RoIPoolCPU(torch.autograd.Function):
 
 def assign_fpn_levels(boxes: torch.Tensor, min_level: int, max_level: int,
                       canonical_size: float = 224.0, canonical_level: int = 4) -> torch.Tensor:
-    """FPN level of each ``(N, 4)`` xyxy box: ``floor(k0 + log2(sqrt(wh) / 224))`` clamped to the range.
+    """FPN level of each ``(N, 4)`` xyxy box: ``floor(k0 + log2(sqrt(wh) / 224))`` clamped to the range,
+    in torchvision's float32 arithmetic (its ``LevelMapper``: 1e-6 added before the floor, so that a
+    box of exactly 224 x 2^k px lands on level k0 + k despite rounding).
 
     Returns ``(N,)`` int64 indices relative to ``min_level`` (0 is the finest map).
     """
-    sizes = torch.sqrt(((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=1e-6))
-    levels = torch.floor(canonical_level + torch.log2(sizes / canonical_size + 1e-8))
+    sizes = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+    levels = torch.floor(canonical_level + torch.log2(sizes / canonical_size) + torch.tensor(1e-6, dtype=sizes.dtype))
     return (levels.clamp(min_level, max_level) - min_level).to(torch.int64)
 
 
@@ -119,10 +121,12 @@ class RoIPooler(nn.Module):
         sampling_ratio: RoI align samples per bin side (0: adaptive, as torchvision).
         canonical_size: an RoI of this size (sqrt of area) pools from stride 16, one twice as large
             from stride 32 and so on (FPN's 224, set for ImageNet-sized objects).
+        aligned: RoI align's half-pixel shift (Mask R-CNN's correction; torchvision's Faster R-CNN
+            models were trained without it).
     """
 
     def __init__(self, output_size: Union[int, Tuple[int, int]], strides: Sequence[int],
-                 mode: str = "pool", sampling_ratio: int = 0, canonical_size: float = 224.0):
+                 mode: str = "pool", sampling_ratio: int = 0, canonical_size: float = 224.0, aligned: bool = True):
         super().__init__()
         if mode not in POOL_MODES:
             raise ValueError(f"RoI pooling mode must be one of {POOL_MODES}, got {mode!r}")
@@ -136,6 +140,7 @@ class RoIPooler(nn.Module):
         self.mode = mode
         self.sampling_ratio = sampling_ratio
         self.canonical_size = canonical_size
+        self.aligned = aligned
         self.min_level, self.max_level = int(levels[0]), int(levels[-1])
 
     def forward(self, features: List[torch.Tensor], boxes: List[torch.Tensor]) -> torch.Tensor:
@@ -162,7 +167,7 @@ class RoIPooler(nn.Module):
             if not torch.compiler.is_compiling() and idx.numel() == 0:  # exported: known only when run
                 continue
             if fast and self.mode == "align":
-                _roi_align_cpu(feature, rois[idx], idx, out, stride, self.sampling_ratio)
+                _roi_align_cpu(feature, rois[idx], idx, out, stride, self.sampling_ratio, self.aligned)
             elif fast:
                 _roi_pool_cpu(feature, rois[idx], idx, out, stride)
             else:
@@ -181,6 +186,6 @@ class RoIPooler(nn.Module):
                 return _RoIPoolCPU.apply(feature, rois, stride, self.output_size)
             return roi_pool(feature, rois, self.output_size, spatial_scale=1.0 / stride)
         if _cpu_float32([feature]):
-            return _RoIAlignCPU.apply(feature, rois, stride, self.sampling_ratio, self.output_size)
+            return _RoIAlignCPU.apply(feature, rois, stride, self.sampling_ratio, self.output_size, self.aligned)
         return roi_align(feature, rois, self.output_size, spatial_scale=1.0 / stride,
-                         sampling_ratio=self.sampling_ratio, aligned=True)
+                         sampling_ratio=self.sampling_ratio, aligned=self.aligned)
