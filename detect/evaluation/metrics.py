@@ -81,7 +81,10 @@ def evaluate_coco(gt: Dict[str, Any], results: List[Dict[str, Any]], backend: st
         names = {c["id"]: c["name"] for c in gt["categories"]}
         if not results:
             zero = {k: 0.0 for k in COCO_STATS}
-            return {**zero, "per_class": {n: {"AP": 0.0, "AP50": 0.0} for n in names.values()}, "pr_curves": {},
+            # what COCO gives a class without detections: precision 0 at every recall point
+            flat = {"recall": np.linspace(0, 1, 101).tolist(), "precision": [0.0] * 101}
+            return {**zero, "per_class": {n: {"AP": 0.0, "AP50": 0.0} for n in names.values()},
+                    "pr_curves": {n: flat for n in names.values()},
                     "AP50_by_area": {"small": 0.0, "medium": 0.0, "large": 0.0},
                     "backend": COCO.__module__.split(".")[0]}
         coco_dt = coco_gt.loadRes(results)

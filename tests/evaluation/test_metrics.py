@@ -129,3 +129,16 @@ def test_outputs_written(gt_and_dets, tmp_path):
     data = json.loads((tmp_path / "metrics.json").read_text())
     assert set(data["coco"]) >= set(COCO_STATS) and "per_class" in data["voc"]
     assert (tmp_path / "pr_curves.png").stat().st_size > 1000
+
+
+def test_no_detections_still_draw_the_curves_coco_would(gt_and_dets, tmp_path):
+    # a detector that finds nothing (an early checkpoint) gets what COCO gives a class without
+    # detections, precision 0 at every recall, and the run folder still holds its pr_curves.png
+    gt, dets = gt_and_dets
+    m = evaluate_detections(gt, {k: {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0)}
+                                 for k in dets}, output_dir=tmp_path)
+    with_one = evaluate_detections(gt, dets)
+    assert set(m["coco"]["pr_curves"]) == set(with_one["coco"]["pr_curves"])
+    for curve in m["coco"]["pr_curves"].values():
+        assert len(curve["recall"]) == 101 and set(curve["precision"]) == {0.0}
+    assert (tmp_path / "pr_curves.png").stat().st_size > 1000
