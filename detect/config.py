@@ -61,7 +61,7 @@ NONNEGATIVE = (0, INF)
 FRACTION = (0, 1)
 BACKBONES = ("vgg16", "resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_lite0", "efficientnet_lite1",
              "efficientnet_lite2", "tiny")  # detect.models.backbones builds each
-DATA_FORMATS = ("coco", "voc")
+DATA_FORMATS = ("coco", "voc", "yolo")
 
 
 def _dataset_keys(subset: str, what: str) -> List[Key]:
@@ -69,8 +69,10 @@ def _dataset_keys(subset: str, what: str) -> List[Key]:
     p = f"data.{subset}."
     return [
         Key(p + "format", "coco", f"format of the {what}", choices=DATA_FORMATS, test_time=subset == "test"),
-        Key(p + "root", None, "voc: folder with Annotations/, JPEGImages/, ImageSets/Main/", test_time=subset == "test"),
-        Key(p + "split", None, "voc: name of ImageSets/Main/<split>.txt", test_time=subset == "test"),
+        Key(p + "root", None, "voc: folder with Annotations/, JPEGImages/, ImageSets/Main/; yolo: data.yaml or the "
+                              "dataset folder; coco: a Roboflow export (a folder per split)", test_time=subset == "test"),
+        Key(p + "split", None, "voc: name of ImageSets/Main/<split>.txt; yolo: train, val or test; coco: the split's "
+                               "folder in root", test_time=subset == "test"),
         Key(p + "ann_file", None, "coco: the annotation json", test_time=subset == "test"),
         Key(p + "img_dir", None, "coco: the folder the json's file_name are relative to", test_time=subset == "test"),
         Key(p + "proposals", None, "Fast R-CNN / R-CNN: proposals file of this split (detect proposals compute)",
@@ -184,6 +186,14 @@ KEYS: List[Key] = [
     Key("model.rcnn.svm_passes", 3, "R-CNN: hard negative mining passes", bounds=POSITIVE),
     Key("model.rcnn.bbox_reg_lambda", 1000.0, "R-CNN: ridge regression's lambda (the paper: 1000)",
         bounds=NONNEGATIVE),
+    Key("model.tiles.size", 0, "sliced inference: tiles of this side, cut at model.tiles.scale of the native "
+                               "resolution; 0: off", bounds=NONNEGATIVE, test_time=True),
+    Key("model.tiles.overlap", 0.2, "the share of a tile its neighbours share", bounds=(0, 0.9), test_time=True),
+    Key("model.tiles.full_image", True, "also run the whole image at the test size (for objects larger than a "
+                                        "tile)", test_time=True),
+    Key("model.tiles.scale", 1.0, "the scale of the image the tiles are cut from (1: its native resolution)",
+        bounds=(0.1, 4), test_time=True),
+    Key("model.tiles.batch", 4, "tiles per call of the detector", bounds=POSITIVE, test_time=True),
     Key("model.fast_rcnn.pyramid_scales", [], "Fast R-CNN multi-scale testing: image scale factors", items=float,
         bounds=(0.1, 4), test_time=True),
     Key("model.fast_rcnn.pyramid_roi_size", 224, "each RoI pooled from the scale where its area is closest to "
@@ -197,9 +207,12 @@ KEYS: List[Key] = [
     Key("input.color_jitter", 0.0, "colour jitter strength in training", bounds=NONNEGATIVE),
     Key("input.crop_prob", 0.0, "random crop keeping every box whole, before the resize (zooms in)",
         bounds=FRACTION),
+    Key("input.tile_crop_prob", 0.0, "share of training images seen as a model.tiles.size crop at "
+                                     "model.tiles.scale (native resolution), not resized whole", bounds=FRACTION),
     # the data
     *_dataset_keys("train", "training set"),
     *_dataset_keys("test", "test set"),
+    *_dataset_keys("val", "validation set (evaluations during training; unset: the test set)"),
     Key("data.classes", [], "class names in label order; []: from the training annotations", items=str),
     Key("data.category_map", {}, "rename annotation names, {name: class}, or {name: null} to drop",
         types=(dict,)),
@@ -224,7 +237,16 @@ KEYS: List[Key] = [
     Key("train.ema", 0.0, "decay of a moving average of the weights that is evaluated and saved; 0: off",
         bounds=(0, 0.999999)),
     Key("train.amp", True, "mixed precision on CUDA (ignored on CPU)"),
-    Key("train.eval_period", 0, "evaluate every this many iterations; 0: only at the end", bounds=NONNEGATIVE),
+    Key("train.eval_period", 0, "evaluate on data.val (else data.test) every this many iterations, or minutes "
+                                "under max_minutes; 0: only the test split at the end", types=(float,),
+        bounds=NONNEGATIVE),
+    Key("train.eval_images", 0, "evaluations during training use the split's first this many images; 0: all (the "
+                                "final evaluation always uses all)", bounds=NONNEGATIVE),
+    Key("train.best_metric", "AP", "the metric model_best.pth is kept by", choices=("AP", "AP50", "AP75", "APs", "APm",
+                                                                                      "APl")),
+    Key("train.patience", 0, "stop after this many evaluations without a better best_metric; 0: never",
+        bounds=NONNEGATIVE),
+    Key("train.loggers", [], "records besides log.jsonl and results.csv: [tensorboard]", items=str),
     Key("train.checkpoint_period", 500, "write model_<iter>.pth every this many iterations; 0: only the last",
         bounds=NONNEGATIVE),
     Key("train.log_period", 20, "log the losses every this many iterations", bounds=POSITIVE),

@@ -2,15 +2,20 @@
 
 ``train(cfg, output_dir)`` builds the datasets and the model from the config, then runs SGD with
 momentum, linear warm-up and step or cosine decay. The schedule is a function of the run's progress,
-``max(iteration / max_iter, training_seconds / budget)``, so a wall-clock budget
-(``train.max_minutes``) scales it like an iteration count does. A run folder holds:
+``max(iteration / max_iter, budget_seconds / budget)``, so a wall-clock budget (``train.max_minutes``)
+scales it like an iteration count does; the budget's seconds count the training steps and the
+validations both, so a 15-minute run ends at 15 minutes with its schedule complete. A run folder holds:
 
-    config.yaml  log.jsonl  model_<iter>.pth  last_checkpoint  model_final.pth
-    metrics.json  pr_curves.png  loss_curve.png
+    config.yaml  log.jsonl  results.csv  [TensorBoard events]  model_<iter>.pth  last_checkpoint
+    model_best.pth (with train.eval_period)  model_final.pth  metrics.json  pr_curves.png  loss_curve.png
+
+The records, validation and the bar have modules of their own (``records.py``, ``validation.py``,
+``progress.py``); ``Trainer.run_step`` is one optimisation step and ``Trainer.train`` the loop.
 
 ``resume=True`` continues from ``last_checkpoint`` exactly: weights, optimizer, iteration, elapsed
-time, RNG states, and the data stream (each batch's images and augmentations are a function of the
-seed and the batch number, so the same batches come whatever happened before).
+time, RNG states, the best validation so far and the patience count, and the data stream (each
+batch's images and augmentations are a function of the seed and the batch number, so the same
+batches come whatever happened before).
 """
 from __future__ import annotations
 
@@ -26,7 +31,6 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from detect.config import Config, save_config
 from detect.data.build import build_dataset
@@ -47,7 +51,11 @@ from detect.models import build_model
 from detect.models.anchor_fit import is_auto, lost_boxes_advice, settle_anchors
 from detect.models.registry import stage_of
 from detect.proposals.attach import attach_proposals
+from detect.training.progress import TrainingBar
 from detect.training.rcnn_phases import run_after_training
+from detect.training.records import RunRecords, check_loggers, trim_rows
+from detect.training.validation import (BEST_CHECKPOINT, Validation, check_validation_config, validation_images,
+                                        validation_subset)
 from detect.utils.atomic import write_text_atomic
 from detect.utils.output_dirs import TRAINING_OUTPUTS, claim_output_dir
 
@@ -140,24 +148,6 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimize
     return torch.optim.SGD(groups, lr=cfg.train.lr, momentum=cfg.train.momentum)
 
 
-def trim_log(log_file: Path, iteration: int, drop_eval_at: Optional[int] = None) -> None:
-    """Drop the rows a killed run logged after its last checkpoint (the resumed run logs those
-    iterations again), a last line the kill cut short, and the evaluation row of ``drop_eval_at``
-    (about to be written again); rewritten atomically."""
-    if not log_file.is_file():
-        return
-    kept = []
-    for line in log_file.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and row.get("iteration", 0) <= iteration and not (
-                "eval" in row and row.get("iteration") == drop_eval_at):
-            kept.append(line)
-    write_text_atomic(log_file, "".join(line + "\n" for line in kept))
-
-
 def loss_curve(log_file: Path, out: Path) -> None:
     import matplotlib
 
@@ -192,6 +182,8 @@ class Trainer:
         self.cfg = cfg = copy.deepcopy(cfg)
         self.output_dir = Path(output_dir)
         self.progress = progress
+        check_validation_config(cfg)  # settings that cannot work: one line each, before anything is written
+        check_loggers(cfg.train.loggers)
         self.device = resolve_device(cfg.device)
         dist.init_distributed(self.device)
         self.rank, self.world = dist.rank(), dist.world_size()
@@ -214,10 +206,11 @@ class Trainer:
             cfg.data.classes = list(self.train_set.class_names)
         if self.stage.fits_anchors and model is None:
             self._settle_anchors(resume)
-        if cfg.data.test.ann_file or cfg.data.test.root:  # fail at start, not after training
-            test_set = build_dataset(cfg, "test", class_names=cfg.data.classes)
-            if self.stage.external_proposals:
-                attach_proposals(test_set, cfg, "test", cfg.model.proposals.topk_test, required=False)
+        for subset in ("val", "test"):  # fail at start, not after training
+            if cfg.data[subset].ann_file or cfg.data[subset].root:
+                held_out = build_dataset(cfg, subset, class_names=cfg.data.classes)
+                if self.stage.external_proposals:
+                    attach_proposals(held_out, cfg, subset, cfg.model.proposals.topk_test, required=False)
 
         # ``model`` lets a benchmark train another library's detector with the same data, schedule
         # and evaluation (anything taking images + targets and returning a loss dict).
@@ -231,13 +224,15 @@ class Trainer:
         self.use_amp = bool(cfg.train.amp) and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.iteration = 0
-        self.elapsed = 0.0
+        self.elapsed = 0.0  # seconds of the budget spent: training steps and evaluations
         self.unreadable: List[str] = []  # training images that could not be read (each reported once)
         self.last_checkpoint: Optional[Path] = None
+        self.validation = Validation(cfg)
         if resume:
             self._resume()
-        if dist.is_main():  # the log holds each iteration once: none from after the checkpoint, or of an older run
-            trim_log(self.output_dir / "log.jsonl", self.iteration)
+        # the records hold each row once: none from after the checkpoint resumed from (main process only)
+        self.records = RunRecords(self.output_dir, cfg.train.loggers, self.iteration if resuming else None) \
+            if dist.is_main() else None
         self.ddp_model = self.model
         if self.world > 1:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
@@ -294,6 +289,8 @@ class Trainer:
         if "scaler" in state and self.use_amp:
             self.scaler.load_state_dict(state["scaler"])
         self.iteration, self.elapsed = int(state["iteration"]), float(state["elapsed"])
+        if "validation" in state:
+            self.validation.load_state_dict(state["validation"])
         per_rank = state.get("rng_per_rank") or []  # each process's own stream under DDP
         set_rng_state(per_rank[self.rank] if len(per_rank) == self.world else state["rng"])
         self.last_checkpoint = path
@@ -322,7 +319,7 @@ class Trainer:
                 "scaler": self.scaler.state_dict() if self.use_amp else {}, "iteration": self.iteration,
                 "elapsed": self.elapsed, "rng": rng_state(), "config": self.cfg.to_dict(),
                 **({"rng_per_rank": rng_per_rank} if rng_per_rank and len(rng_per_rank) > 1 else {}),
-                "class_names": list(self.cfg.data.classes),
+                "class_names": list(self.cfg.data.classes), "validation": self.validation.state_dict(),
                 **({"ema": self.ema.state_dict()} if self.ema is not None else {})}
 
     def save(self, name: str, all_ranks: bool = True) -> None:
@@ -369,24 +366,22 @@ class Trainer:
         return values
 
     def train(self) -> Dict[str, Any]:
-        """The loop: steps until the budget (iterations or minutes) is spent, logging, checkpoints and
-        evaluations at their periods; then the final model, the stage's after-training phase and the
-        final evaluation. Returns the final metrics (empty without a test split)."""
+        """The loop: steps until the budget (iterations or minutes) is spent or patience runs out,
+        logging, validations and checkpoints at their periods; then the final model, the stage's
+        after-training phase and the final evaluation on the test split. Returns its metrics (empty
+        without a test split)."""
         cfg = self.cfg
         model = self.ddp_model
         model.train()
-        log_file = self.output_dir / "log.jsonl"
         # Creating a DataLoader iterator draws a base seed from torch's global generator; keep that
         # draw out of the stream so a resumed run's RNG continues exactly where the checkpoint left it.
         rng_before = torch.get_rng_state()
         loader_iter = iter(self._loader())
         torch.set_rng_state(rng_before)
-        bar = tqdm(total=None if cfg.train.max_minutes > 0 else cfg.train.max_iter, initial=self.iteration, desc="train",
-                   disable=not (self.progress and dist.is_main()), dynamic_ncols=True)
+        self.bar = TrainingBar(cfg, self.iteration, self.elapsed, self.progress and dist.is_main())
         window: List[Dict[str, float]] = []
         images_seen, window_start = 0, time.perf_counter()
-        metrics: Dict[str, Any] = {}
-        while True:
+        while not self.validation.should_stop:
             progress = self.progress_fraction()
             if progress >= 1.0:
                 break
@@ -399,18 +394,23 @@ class Trainer:
             images_seen += len(images) * self.world
 
             window.append(losses)
-            bar.update(1)
+            self.bar.update(self.iteration, self.elapsed, losses["loss"], cfg.train.lr * factor)
             if self.iteration % cfg.train.log_period == 0:
-                self._log(log_file, window, images_seen, window_start, cfg.train.lr * factor, bar)
+                self._log(window, images_seen, window_start, cfg.train.lr * factor)
                 window, images_seen, window_start = [], 0, time.perf_counter()
+            # the evaluation before the checkpoint: the checkpoint's state then holds its result
+            if self.validation.due(self.iteration, self.elapsed):
+                self._validate()
+                model.train()
             if cfg.train.checkpoint_period and self.iteration % cfg.train.checkpoint_period == 0:
                 self.save(f"model_{self.iteration:07d}.pth")
-            if cfg.train.eval_period and self.iteration % cfg.train.eval_period == 0:
-                metrics = self._evaluate(log_file)
-                model.train()
         if window:
-            self._log(log_file, window, images_seen, window_start, cfg.train.lr * factor, bar)
-        bar.close()
+            self._log(window, images_seen, window_start, cfg.train.lr * factor)
+        if self.validation.should_stop:
+            self.bar.write(f"stopped early at iteration {self.iteration:,}: no better {self.validation.metric} in "
+                           f"{self.validation.patience} evaluations (best {self.validation.best:.4f} at iteration "
+                           f"{self.validation.best_iteration:,}, {BEST_CHECKPOINT})")
+        self.bar.close()
         if self.ema is not None:  # the final model is the average: evaluated, shipped, read by R-CNN's SVMs
             self.model.load_state_dict(self.ema.weights)
             self.ema = None
@@ -421,10 +421,15 @@ class Trainer:
             run_after_training(self.stage, self.model, cfg, self.output_dir, self.device, self.progress)
             self.save("model_final.pth", all_ranks=False)
             model.train()
-        if dist.is_main() and log_file.exists():
-            loss_curve(log_file, self.output_dir / "loss_curve.png")
+        if dist.is_main():
+            self.records.flush()
+            if (self.output_dir / "log.jsonl").exists():
+                loss_curve(self.output_dir / "log.jsonl", self.output_dir / "loss_curve.png")
+        metrics: Dict[str, Any] = {}
         if cfg.data.test.ann_file or cfg.data.test.root:
-            metrics = self._evaluate(log_file, final=True)
+            metrics = self._evaluate_final()
+        if dist.is_main():
+            self.records.close()
         dist.barrier()
         return metrics
 
@@ -444,29 +449,60 @@ class Trainer:
             raise DatasetError(f"{seen} training images could not be read, more than "
                                f"data.max_unreadable={self.cfg.data.max_unreadable:g} of {len(self.train_set)}:\n  {shown}")
 
-    def _log(self, log_file: Path, window: List[Dict[str, float]], images_seen: int, window_start: float,
-             lr: float, bar) -> None:
+    def _log(self, window: List[Dict[str, float]], images_seen: int, window_start: float, lr: float) -> None:
         rate = images_seen / max(time.perf_counter() - window_start, 1e-9)
-        row = {"iteration": self.iteration, "lr": lr, "elapsed_s": round(self.elapsed, 2), "images_per_s": round(rate, 3),
+        row = {"iteration": self.iteration, "elapsed_s": round(self.elapsed, 2), "lr": lr, "images_per_s": round(rate, 3),
                **{k: float(np.mean([w[k] for w in window])) for k in window[-1]}}
-        bar.set_postfix(loss=f"{row['loss']:.3f}", img_s=f"{rate:.1f}")
         if dist.is_main():
-            with open(log_file, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            self.records.log_step(row)
 
-    def _evaluate(self, log_file: Path, final: bool = False) -> Dict[str, Any]:
+    def _averaged_model(self):
+        return self.ema.applied_to(self.model) if self.ema is not None else contextlib.nullcontext(self.model)
+
+    def _validate(self) -> None:
+        """One evaluation during training (rank 0; its time counts in the budget): the records, the
+        summary line, and ``model_best.pth`` when it is the best so far."""
+        start = time.perf_counter()
+        if dist.is_main():
+            subset = validation_subset(self.cfg)
+            with self._averaged_model() as model:
+                metrics = evaluate(model, self.cfg, self.device, progress=False, subset=subset,
+                                   max_images=self.cfg.train.eval_images)
+                images = validation_images(model, self.cfg, subset, self.device) if self.records.writer else None
+            improved = self.validation.record(self.iteration, metrics)
+            best = self.validation.summary()
+            self.records.log_eval(self.iteration, metrics, best, images)
+            c = metrics["coco"]
+            self.bar.write(f"eval @ {self.iteration:,} ({subset}, {metrics['num_images']} images): AP {c['AP']:.4f}  "
+                           f"AP50 {c['AP50']:.4f}  best {best['metric']} {best['value']:.4f} at {best['iteration']:,}"
+                           + ("  (new best: model_best.pth)" if improved else ""))
+            if improved:
+                save_checkpoint(self.output_dir / BEST_CHECKPOINT, {**self.state(), "metrics": {
+                    k: c[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}, "subset": subset})
+        # every rank takes the main process's result (patience stops all of them at the same evaluation)
+        self.validation.load_state_dict(dist.gather_objects(self.validation.state_dict())[0])
+        self.elapsed += dist.all_reduce_max(time.perf_counter() - start)
+
+    def _evaluate_final(self) -> Dict[str, Any]:
+        """The final model on the whole test split: metrics.json (naming the checkpoint, and the best
+        of the validations when there were any), pr_curves.png, the records."""
         metrics: Dict[str, Any] = {}
         if dist.is_main():
-            averaged = self.ema.applied_to(self.model) if self.ema is not None else contextlib.nullcontext(self.model)
-            with averaged as model:
-                metrics = evaluate(model, self.cfg, self.device, self.output_dir if final else None, self.progress,
-                                   source=str(self.output_dir / "model_final.pth") if final else None)
-            if final:  # a finished run resumed evaluates again: its row replaces the earlier one
-                trim_log(log_file, self.iteration, drop_eval_at=self.iteration)
-            with open(log_file, "a") as f:
-                f.write(json.dumps({"iteration": self.iteration, "eval": {k: metrics["coco"][k] for k in ("AP", "AP50", "AP75")}}) + "\n")
-            if final:
-                print(format_metrics(metrics))
+            with self._averaged_model() as model:
+                metrics = evaluate(model, self.cfg, self.device, self.output_dir, self.progress,
+                                   source=str(self.output_dir / "model_final.pth"))
+            if self.validation.enabled:
+                metrics["best"] = self.validation.summary()
+                metrics_file = self.output_dir / "metrics.json"
+                stored = json.loads(metrics_file.read_text())
+                write_text_atomic(metrics_file, json.dumps({**stored, "best": metrics["best"]}, indent=2))
+            # a finished run resumed evaluates again: its row replaces the earlier one
+            trim_rows(self.output_dir / "log.jsonl", lambda r: not ("final" in r and r["iteration"] == self.iteration),
+                      json.loads)
+            with open(self.output_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps({"iteration": self.iteration, "final": True, "eval": {
+                    k: metrics["coco"][k] for k in ("AP", "AP50", "AP75")}}) + "\n")
+            print(format_metrics(metrics))
         dist.barrier()
         return metrics
 
