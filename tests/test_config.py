@@ -46,8 +46,8 @@ def test_wrong_types_and_choices(tmp_path):
         load_config(None, ["train.lr=fast"])
     with pytest.raises(ConfigError, match=r"'input.min_size' must be a list of integers"):
         load_config(None, ["input.min_size=[a]"])
-    with pytest.raises(ConfigError, match=r"'data.train.format' must be one of \['coco', 'voc'\]"):
-        load_config(None, ["data.train.format=yolo"])
+    with pytest.raises(ConfigError, match=r"'data.train.format' must be one of \['coco', 'voc', 'yolo'\]"):
+        load_config(None, ["data.train.format=csv"])
     with pytest.raises(ConfigError, match="is a section"):
         load_config(None, ["train=3"])
     bad = write(tmp_path / "t.yaml", "model: {backbone: {fpn: yes please}}\n")

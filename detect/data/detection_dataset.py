@@ -240,13 +240,19 @@ class DetectionDataset(Dataset):
             raise DatasetError(f"{self.description}: {len(missing)} of {len(self.records)} images are "
                                f"missing:\n  {shown}{more}")
 
+    # problems too common to name one by one at every start: counted in one line (``detect dataset
+    # stats`` lists each)
+    SUMMARISED = {"clipped": "boxes reaching outside their image were clipped",
+                  "no-label-file": "images have no label file (negative images)"}
+
     def _report_problems(self) -> None:
         for p in self.problems:
-            if p.kind != "clipped":
+            if p.kind not in self.SUMMARISED:
                 logger.warning("%s", p)
-        clipped = sum(p.kind == "clipped" for p in self.problems)
-        if clipped:
-            logger.info("%s: %d boxes reaching outside their image were clipped", self.description, clipped)
+        for kind, what in self.SUMMARISED.items():
+            count = sum(p.kind == kind for p in self.problems)
+            if count:
+                logger.info("%s: %d %s", self.description, count, what)
 
     def _warn_size_mismatch(self, record: ImageRecord, width: int, height: int) -> None:
         if record.image_id not in self._size_warned:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
+from typing import Tuple, Union
 
 import cv2
 import numpy as np
@@ -111,3 +111,23 @@ def _truncation_reason(data: np.ndarray) -> str:
 def is_image_file(path: Union[str, os.PathLike]) -> bool:
     """True when the file name has one of :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def displayed_size(path: Union[str, Path]) -> Tuple[int, int]:
+    """``(width, height)`` of an image as :func:`read_image` returns it (EXIF orientation applied),
+    from the file's header alone: the pixels are not decoded (a 10,000-image set in seconds).
+
+    Raises:
+        ImageReadError: the file is missing or not an image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation
+    except FileNotFoundError:
+        raise ImageReadError(path, "file not found") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ImageReadError(path, f"not an image ({e})") from None
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)  # turned a quarter

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -111,3 +111,22 @@ def format_stats(stats: Dict[str, Any], title: str = "", bar_width: int = 40) ->
 
 def _bar(n: int, top: int, width: int) -> str:
     return "#" * int(round(width * n / top)) if top else ""
+
+
+SMALL_SIDE = 16.0  # px (sqrt of area): under it the finest stride-8 grid of an FPN places boxes poorly
+
+
+def tiling_advice(dataset: DetectionDataset, transform, tile_size: int = 512) -> Optional[str]:
+    """One line recommending sliced training and inference (``model.tiles``) when most boxes are under
+    :data:`SMALL_SIDE` px at the training scale but not in the images as they are, else ``None``."""
+    native = np.concatenate([r.boxes[~r.ignore] for r in dataset.records] or [np.zeros((0, 4), np.float32)])
+    if not len(native):
+        return None
+    trained, _ = boxes_at_training_scale(dataset, transform)
+    side = lambda b: np.sqrt(np.maximum(b[:, 2] - b[:, 0], 0) * np.maximum(b[:, 3] - b[:, 1], 0))
+    small_trained, small_native = float((side(trained) < SMALL_SIDE).mean()), float((side(native) < SMALL_SIDE).mean())
+    if small_trained < 0.5 or small_native > 0.25:
+        return None
+    return (f"{small_trained:.0%} of the boxes are under {SMALL_SIDE:g} px at the training scale, {small_native:.0%} in "
+            f"the images as they are: train on native-resolution tiles and slice at test time, "
+            f"model.tiles.size={tile_size} input.tile_crop_prob=0.5")

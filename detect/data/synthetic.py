@@ -127,6 +127,58 @@ def generate_image(rng: np.random.Generator, long_side: int = 256, max_objects: 
     return image, objects
 
 
+def generate_large_image(rng: np.random.Generator, long_side: int = 2000, max_objects: int = 40,
+                         object_size: Tuple[float, float] = (8.0, 40.0)):
+    """A large image with many small objects among distractors (sliced inference's development set):
+    the shapes of :data:`CLASSES` at ``object_size`` px (log-uniform), never overlapping each other,
+    and as many unlabelled distractors of the same sizes (crosses, rings, blots) besides the
+    background's stray lines. Same return value as :func:`generate_image` (objects whole: the full
+    area is the visible one)."""
+    aspect = ASPECTS[rng.integers(len(ASPECTS))]
+    width = long_side if aspect >= 1 else int(round(long_side * aspect))
+    height = long_side if aspect <= 1 else int(round(long_side / aspect))
+    image = _background(rng, height, width)
+    taken = np.zeros((height, width), bool)
+    objects = []
+    low, high = object_size
+    for _ in range(int(rng.integers(max_objects // 2, max_objects + 1))):
+        size = math.exp(rng.uniform(math.log(low), math.log(high)))
+        centre = (rng.uniform(high, width - high), rng.uniform(high, height - high))
+        cls = int(rng.integers(len(CLASSES)))
+        poly = np.round(_shape_polygon(rng, cls, size, centre)).astype(np.int32)
+        x, y, w, h = cv2.boundingRect(poly)
+        x0, y0, x1, y1 = max(x - 2, 0), max(y - 2, 0), min(x + w + 2, width), min(y + h + 2, height)
+        if taken[y0:y1, x0:x1].any():
+            continue  # whole objects only: the development set is about their size, not occlusion
+        mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        cv2.fillPoly(mask, [poly - np.array([x0, y0])], 1)
+        if mask.sum() < 12:
+            continue
+        window = image[y0:y1, x0:x1]
+        fill = _colour_apart(rng, window[mask > 0].mean(axis=0))
+        window[mask > 0] = np.clip(fill + rng.normal(0, 6, size=(int(mask.sum()), 1)), 0, 255).astype(np.uint8)
+        taken[y0:y1, x0:x1] = True
+        bx, by, bw, bh = cv2.boundingRect(mask)
+        objects.append((cls, (float(x0 + bx), float(y0 + by), float(x0 + bx + bw), float(y0 + by + bh)),
+                        int(mask.sum()), float(mask.sum())))
+    for _ in range(int(rng.integers(max_objects // 2, max_objects + 1))):  # distractors, unlabelled
+        size = math.exp(rng.uniform(math.log(low), math.log(high)))
+        cx, cy = int(rng.uniform(0, width)), int(rng.uniform(0, height))
+        r = max(2, int(size / 2))
+        if taken[max(cy - r, 0):cy + r + 1, max(cx - r, 0):cx + r + 1].any():
+            continue
+        colour = tuple(float(v) for v in rng.uniform(0, 255, 3))
+        kind = rng.integers(3)
+        if kind == 0:
+            cv2.line(image, (cx - r, cy), (cx + r, cy), colour, 2)
+            cv2.line(image, (cx, cy - r), (cx, cy + r), colour, 2)
+        elif kind == 1:
+            cv2.circle(image, (cx, cy), r, colour, 2)
+        else:
+            cv2.circle(image, (cx, cy), max(1, r // 2), colour, -1)
+    return image, objects
+
+
 def _keeps_others_visible(owner: np.ndarray, mask: np.ndarray, full_areas: Sequence[float]) -> bool:
     """A new shape may leave no earlier one with less than half of its whole area in view."""
     if not full_areas:
@@ -136,10 +188,12 @@ def _keeps_others_visible(owner: np.ndarray, mask: np.ndarray, full_areas: Seque
     return bool(np.all(visible - covered >= 0.5 * np.asarray(full_areas)))
 
 
-def _write_image(out: Path, split: str, index: int, seed: int, long_side: int, max_objects: int):
+def _write_image(out: Path, split: str, index: int, seed: int, long_side: int, max_objects: int,
+                 small_objects: bool = False):
     """Generate and write one image (its own random stream: any process, any order, same file)."""
     rng = np.random.default_rng([seed, _SPLIT_STREAM[split], index])
-    image, objects = generate_image(rng, long_side, max_objects)
+    image, objects = generate_large_image(rng, long_side, max_objects) if small_objects else \
+        generate_image(rng, long_side, max_objects)
     file_name = f"{split}/{index:06d}.jpg"
     if not cv2.imwrite(str(out / "images" / file_name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
                        [cv2.IMWRITE_JPEG_QUALITY, 95]):
@@ -148,12 +202,13 @@ def _write_image(out: Path, split: str, index: int, seed: int, long_side: int, m
 
 
 def generate_split(out: Path, split: str, count: int, seed: int, long_side: int = 256,
-                   max_objects: int = 6, workers: int = 0) -> dict:
+                   max_objects: int = 6, workers: int = 0, small_objects: bool = False) -> dict:
     """Write ``count`` images under ``out/images/<split>/`` and return the COCO dict for them.
     ``workers`` processes draw them (0: one per core; the files do not depend on it)."""
     (out / "images" / split).mkdir(parents=True, exist_ok=True)
-    work = functools.partial(_write_image, out, split, seed=seed, long_side=long_side, max_objects=max_objects)
-    workers = min(workers or os.cpu_count() or 1, max(1, count // 64))
+    work = functools.partial(_write_image, out, split, seed=seed, long_side=long_side, max_objects=max_objects,
+                             small_objects=small_objects)
+    workers = min(workers or os.cpu_count() or 1, max(1, count // (4 if small_objects else 64)))
     if workers > 1:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             results = pool.map(work, range(count), chunksize=32)
@@ -175,14 +230,15 @@ def generate_split(out: Path, split: str, count: int, seed: int, long_side: int 
 
 
 def generate_dataset(out, num_train: int = 200, num_test: int = 50, seed: int = 0, long_side: int = 256,
-                     max_objects: int = 6) -> Path:
+                     max_objects: int = 6, small_objects: bool = False) -> Path:
     """Generate both splits into ``out``; the json files are written last, atomically, so a killed
-    run never leaves a json that points at missing images."""
+    run never leaves a json that points at missing images. ``small_objects``: the large-image set
+    (:func:`generate_large_image`)."""
     out = Path(out)
     for split, count in (("train", num_train), ("test", num_test)):
         if count < 1:
             raise ValueError(f"--num-{split} must be at least 1, got {count}")
-        coco = generate_split(out, split, count, seed, long_side, max_objects)
+        coco = generate_split(out, split, count, seed, long_side, max_objects, small_objects=small_objects)
         tmp = out / f".{split}.json.tmp"
         tmp.write_text(json.dumps(coco))
         os.replace(tmp, out / f"{split}.json")
@@ -198,11 +254,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=256, help="long side of the images in pixels")
     parser.add_argument("--max-objects", type=int, default=6)
+    parser.add_argument("--small-objects", action="store_true",
+                        help="large images (--size 2000) with many 8-40 px objects among distractors")
     parser.add_argument("--quiet", action="store_true", help="do not print the statistics")
     args = parser.parse_args(argv)
     if args.size < 32:
         parser.error("--size must be at least 32")
-    out = generate_dataset(args.out, args.num_train, args.num_test, args.seed, args.size, args.max_objects)
+    out = generate_dataset(args.out, args.num_train, args.num_test, args.seed, args.size, args.max_objects,
+                           args.small_objects)
     if not args.quiet:
         from detect.data.coco import load_coco
         from detect.data.stats import dataset_stats, format_stats

@@ -44,6 +44,21 @@ class ResizeShortestEdge(MaxSizeTransform):
         return [self.scale_for(short, height, width) for short in self.min_sizes]
 
 
+class ScaleBy(MaxSizeTransform):
+    """Scale by a fixed factor whatever the size (sliced inference: the tiles are cut from the image at
+    ``model.tiles.scale`` of its native resolution, not at the test size)."""
+
+    def __init__(self, factor: float, interpolation: int = cv2.INTER_LINEAR):
+        super().__init__(max_size=1, interpolation=interpolation, p=1.0)
+        self.factor = float(factor)
+
+    def get_params_dependent_on_data(self, params: Dict[str, Any], data: Dict[str, Any]) -> Dict[str, Any]:
+        return {"scale": self.factor}
+
+    def possible_scales(self, height: int, width: int):
+        return [self.factor]
+
+
 class DetectionTransform:
     """``(image, target) -> (image, target)``: resize, and when training, flip and colour jitter.
 
@@ -64,28 +79,53 @@ class DetectionTransform:
     """
 
     def __init__(self, min_size: Size, max_size: int, train: bool = False, flip_prob: float = 0.5,
-                 color_jitter: float = 0.0, crop_prob: float = 0.0):
-        self.resize = ResizeShortestEdge(min_size if train else _first(min_size), max_size)
+                 color_jitter: float = 0.0, crop_prob: float = 0.0, fixed_scale: Optional[float] = None,
+                 tile_crop_prob: float = 0.0, tile_size: int = 0, tile_scale: float = 1.0):
+        self.resize = ScaleBy(fixed_scale) if fixed_scale else \
+            ResizeShortestEdge(min_size if train else _first(min_size), max_size)
         steps = [A.BBoxSafeRandomCrop(p=crop_prob)] if train and crop_prob > 0 else []
         steps.append(self.resize)
+        self.train = train
+        self.pipeline = self._compose(steps + self._augment(train, flip_prob, color_jitter))
+        # a share of the training images seen as a tile at native resolution (sliced inference's view)
+        self.tile_crop_prob, self.tile_scale = (tile_crop_prob, tile_scale) if train and tile_size else (0.0, 1.0)
+        self.tile_pipeline = None
+        if self.tile_crop_prob > 0:
+            self.tile_pipeline = self._compose(
+                [ScaleBy(tile_scale), A.RandomCrop(tile_size, tile_size, pad_if_needed=True, fill=0, p=1.0)]
+                + self._augment(train, flip_prob, color_jitter), min_visibility=0.5)
+        self.rng = np.random.default_rng()
+
+    @staticmethod
+    def _augment(train: bool, flip_prob: float, color_jitter: float):
+        steps = []
         if train and flip_prob > 0:
             steps.append(A.HorizontalFlip(p=flip_prob))
         if train and color_jitter > 0:
             steps.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter,
                                        saturation=color_jitter, hue=min(0.5, color_jitter / 10), p=0.5))
-        self.train = train
-        self.pipeline = A.Compose(
-            steps, bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels", "ignore", "is_proposal"],
-                                            clip=True, filter_invalid_bboxes=True))
+        return steps
+
+    @staticmethod
+    def _compose(steps, min_visibility: float = 0.0) -> A.Compose:
+        # a box less than min_visibility in view after a tile crop is dropped, the others clipped
+        return A.Compose(steps, bbox_params=A.BboxParams(
+            format="pascal_voc", label_fields=["labels", "ignore", "is_proposal"], clip=True,
+            filter_invalid_bboxes=True, min_visibility=min_visibility))
 
     def possible_scales(self, height: int, width: int):
-        """The factors by which the resize can scale a ``height x width`` image's boxes (a random crop
-        enlarges them further in some training images; the test-time scale is among these)."""
-        return self.resize.possible_scales(height, width)
+        """The factors by which the transform can scale a ``height x width`` image's boxes (a random crop
+        enlarges them further in some training images; the test-time scale is among these; a tile
+        crop shows them at the tile scale)."""
+        scales = self.resize.possible_scales(height, width)
+        return scales + [self.tile_scale] if self.tile_pipeline is not None else scales
 
     def set_seed(self, seed: Optional[int]) -> None:
         """Seed the random draws (call once per DataLoader worker with distinct seeds)."""
         self.pipeline.set_random_seed(seed)
+        if self.tile_pipeline is not None:
+            self.tile_pipeline.set_random_seed(seed)
+        self.rng = np.random.default_rng(seed)
 
     def __call__(self, image: np.ndarray, target: Dict[str, Any]) -> Tuple[np.ndarray, Dict[str, Any]]:
         height, width = image.shape[:2]
@@ -94,7 +134,8 @@ class DetectionTransform:
         ignore = np.asarray(target["ignore"], bool)
         proposals = np.asarray(target.get("proposals", np.zeros((0, 4))), np.float32).reshape(-1, 4)
         is_proposal = np.r_[np.zeros(len(boxes), bool), np.ones(len(proposals), bool)]
-        out = self.pipeline(image=image, bboxes=np.concatenate([boxes, proposals]),
+        tile = self.tile_pipeline is not None and self.rng.random() < self.tile_crop_prob
+        out = (self.tile_pipeline if tile else self.pipeline)(image=image, bboxes=np.concatenate([boxes, proposals]),
                             labels=np.r_[labels, np.zeros(len(proposals), np.int64)],
                             ignore=np.r_[ignore, np.zeros(len(proposals), bool)], is_proposal=is_proposal)
         new_h, new_w = out["image"].shape[:2]
@@ -106,7 +147,7 @@ class DetectionTransform:
         target["ignore"] = np.asarray(out["ignore"], bool)[~is_proposal]
         if "proposals" in target:
             target["proposals"] = moved[is_proposal]
-        target["scale"] = (new_w / width, new_h / height)
+        target["scale"] = (self.tile_scale, self.tile_scale) if tile else (new_w / width, new_h / height)
         return out["image"], target
 
 
@@ -120,7 +161,10 @@ def boxes_to_original(boxes, scale: Tuple[float, float]):
 
 
 def build_transforms(cfg, train: bool) -> DetectionTransform:
-    """The transform a config asks for (``input.*`` keys)."""
-    inp = cfg.input
+    """The transform a config asks for (``input.*`` keys; with sliced inference, ``model.tiles``: the
+    test images stay at the tile scale, and training sees tile crops at the share asked for)."""
+    inp, tiles = cfg.input, cfg.model.tiles
     return DetectionTransform(inp.min_size if train else inp.min_size_test, inp.max_size, train=train,
-                              flip_prob=inp.flip_prob, color_jitter=inp.color_jitter, crop_prob=inp.crop_prob)
+                              flip_prob=inp.flip_prob, color_jitter=inp.color_jitter, crop_prob=inp.crop_prob,
+                              fixed_scale=tiles.scale if tiles.size and not train else None,
+                              tile_crop_prob=inp.tile_crop_prob, tile_size=tiles.size, tile_scale=tiles.scale)

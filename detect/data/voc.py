@@ -1,5 +1,6 @@
 """Pascal VOC datasets: ``root/Annotations/<id>.xml``, ``root/JPEGImages/<id>.jpg`` and the image ids
-of a split in ``root/ImageSets/Main/<split>.txt``.
+of a split in ``root/ImageSets/Main/<split>.txt``; or, as Roboflow exports them, a folder per split
+(``root/<split>/``) with each image's xml beside it.
 
 VOC coordinates are 1-based and inclusive; as in detectron2 the top-left corner is shifted by one
 to get continuous 0-based xyxy (a box spanning pixels 1..640 becomes 0..640). A box whose
@@ -90,12 +91,20 @@ def load_voc(root: Union[str, Path], split: str, classes: Optional[Sequence[str]
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"VOC root not found: {root}")
-    parsed = []
-    for image_id in read_split(root, split):
-        xml_file = root / "Annotations" / f"{image_id}.xml"
-        if not xml_file.is_file():
-            raise DatasetError(f"annotation file not found: {xml_file} (listed in split {split!r})")
-        parsed.append((image_id, xml_file) + parse_voc_xml(xml_file))
+    flat = root / split
+    if not (root / "Annotations").is_dir() and flat.is_dir():
+        # a Roboflow export: each split a folder of its own, the xml files beside their images
+        xml_files = sorted(flat.glob("*.xml"))
+        if not xml_files:
+            raise DatasetError(f"{flat}: no .xml annotation files")
+        parsed = [(f.stem, f) + parse_voc_xml(f) for f in xml_files]
+    else:
+        parsed = []
+        for image_id in read_split(root, split):
+            xml_file = root / "Annotations" / f"{image_id}.xml"
+            if not xml_file.is_file():
+                raise DatasetError(f"annotation file not found: {xml_file} (listed in split {split!r})")
+            parsed.append((image_id, xml_file) + parse_voc_xml(xml_file))
 
     if classes is None:
         names = {o.name for *_, objects in parsed for o in objects}
@@ -106,7 +115,8 @@ def load_voc(root: Union[str, Path], split: str, classes: Optional[Sequence[str]
     problems: List[Problem] = []
     records = []
     for index, (image_id, xml_file, filename, width, height, objects) in enumerate(parsed):
-        path = _image_path(root, image_id, filename)
+        path = xml_file.parent / (filename or f"{image_id}.jpg") if xml_file.parent == flat else \
+            _image_path(root, image_id, filename)
         if width <= 0 or height <= 0:
             width, height = image_size_from_file(path, str(xml_file))
         boxes, labels, ignore = clean_objects(objects, categories, width, height, str(xml_file), problems)

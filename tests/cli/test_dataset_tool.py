@@ -35,14 +35,17 @@ def test_stats_json_and_show(shapes_dir, tmp_path):
 
 
 def test_convert_voc_to_coco(bccd_root, tmp_path):
-    r = run_tool("convert", "--format", "voc", "--root", bccd_root, "--split", "test", "--output-dir", tmp_path / "t",
-                 "data.classes=[RBC,WBC,Platelets]")
+    r = run_tool("convert", "--format", "voc", "--root", bccd_root, "--split", "test", "--to", "coco",
+                 "--output-dir", tmp_path / "t", "data.classes=[RBC,WBC,Platelets]")
     assert r.returncode == 0, r.stderr
-    coco = COCO(str(tmp_path / "t" / "annotations.json"))
+    # a dataset folder: annotations/<split>.json and the images (linked) under images/<split>/
+    coco = COCO(str(tmp_path / "t" / "annotations" / "test.json"))
     assert len(coco.getImgIds()) == 72 and min(coco.getImgIds()) == 1
     assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["RBC", "WBC", "Platelets"]
     first = coco.loadImgs(1)[0]
-    assert (bccd_root / "JPEGImages" / first["file_name"]).is_file()
+    linked = tmp_path / "t" / "images" / "test" / first["file_name"]
+    assert linked.read_bytes() == (bccd_root / "JPEGImages" / first["file_name"]).read_bytes()
+    assert f"data.train.ann_file={tmp_path / 't' / 'annotations' / 'test.json'}" in r.stdout
 
 
 def test_bccd_stats_counts_match_the_xml(bccd_root, tmp_path):
