@@ -26,6 +26,7 @@ from detect.data.build import build_dataset
 from detect.data.coco import to_coco_dict
 from detect.data.transforms import build_transforms
 from detect.inference.over_dataset import predict_dataset
+from detect.inference.tiling import tiled
 from detect.models.registry import stage_of
 from detect.ops.boxes import box_iou, xyxy_to_xywh
 from detect.proposals.attach import attach_proposals
@@ -283,15 +284,19 @@ def evaluate_detections(gt: Dict[str, Any], detections: Detections, backend: str
 
 
 def evaluate(model: torch.nn.Module, cfg, device: torch.device, output_dir: Optional[Path] = None,
-             progress: bool = True, report: Optional[Callable] = None, source: Optional[str] = None) -> Dict[str, Any]:
-    """COCO and VOC metrics of ``model`` on ``cfg``'s ``data.test`` (its proposals attached for the
-    stages that take them), with the inference timing; writes metrics.json / pr_curves.png into
-    ``output_dir`` when given. ``source``: the checkpoint the model came from, named in the metrics
-    (``checkpoint``). What ``detect eval`` and the end of training run."""
-    test_set = build_dataset(cfg, "test", transforms=build_transforms(cfg, train=False), class_names=cfg.data.classes)
+             progress: bool = True, report: Optional[Callable] = None, source: Optional[str] = None,
+             subset: str = "test", max_images: int = 0) -> Dict[str, Any]:
+    """COCO and VOC metrics of ``model`` on ``cfg``'s ``data.<subset>`` (its first ``max_images``
+    images when > 0; the proposals attached for the stages that take them), with the inference
+    timing; writes metrics.json / pr_curves.png into ``output_dir`` when given. ``source``: the
+    checkpoint the model came from, named in the metrics (``checkpoint``). What ``detect eval``, the
+    validations during training and the end of training run."""
+    test_set = build_dataset(cfg, subset, transforms=build_transforms(cfg, train=False), class_names=cfg.data.classes)
+    if max_images:
+        test_set.records = test_set.records[:max_images]
     if stage_of(cfg).external_proposals:  # without a test proposals file the model runs selective search itself
-        attach_proposals(test_set, cfg, "test", cfg.model.proposals.topk_test, required=False)
-    detections, timing, unreadable = predict_dataset(model, test_set, device, cfg.test.batch_size,
+        attach_proposals(test_set, cfg, subset, cfg.model.proposals.topk_test, required=False)
+    detections, timing, unreadable = predict_dataset(tiled(model, cfg), test_set, device, cfg.test.batch_size,
                                                      cfg.data.num_workers, progress)
     for message in unreadable.values():
         logger.warning("test image left out of the evaluation: %s", message)

@@ -133,7 +133,7 @@ def load_onnx(path: Union[str, Path], config: Optional[Union[str, Path]] = None,
               threads: Optional[int] = None):
     """``(OnnxDetector, cfg)`` from an exported model; ``cfg`` is the config stored in it with
     ``overrides`` applied. Overrides of data and test keys are free; of the model only
-    ``model.roi_head.score_thresh``, upwards (the rest is fixed in the graph)."""
+    ``model.roi_head.score_thresh``, upwards, and ``model.tiles`` (the rest is fixed in the graph)."""
     from detect.config import apply_overrides, config_from_dict
 
     if not Path(path).is_file():
@@ -155,7 +155,8 @@ def load_onnx(path: Union[str, Path], config: Optional[Union[str, Path]] = None,
         raise CheckpointError(f"{path}: exported with model.roi_head.score_thresh={exported_thresh:g}, which the "
                               f"graph applies; export again with model.roi_head.score_thresh={wanted:g} for a lower one")
     model = cfg.to_dict()["model"]
-    changed = sorted(k for k in stored["model"] if model.get(k) != stored["model"][k]
+    # sliced inference (model.tiles) wraps the graph from outside (detect.inference.tiling): free too
+    changed = sorted(k for k in stored["model"] if k != "tiles" and model.get(k) != stored["model"][k]
                      and not (k == "roi_head" and _without_thresh(model[k]) == _without_thresh(stored["model"][k])))
     if changed:
         raise CheckpointError(f"{path}: model.{', model.'.join(changed)} is fixed in the exported graph; export "

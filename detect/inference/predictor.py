@@ -19,6 +19,7 @@ from detect.inference.loading import load_model
 from detect.utils.device import resolve_device
 from detect.inference.over_dataset import to_original
 from detect.inference.runtime import prepare_for_inference, run_model
+from detect.inference.tiling import tiled
 
 ImageLike = Union[str, Path, np.ndarray]
 
@@ -33,7 +34,8 @@ class Predictor:
     """
 
     def __init__(self, model: torch.nn.Module, cfg, device: torch.device):
-        self.model = prepare_for_inference(model.to(device).eval(), device)
+        # with model.tiles, the detector runs over tiles of the images (detect.inference.tiling)
+        self.model = tiled(prepare_for_inference(model.to(device).eval(), device), cfg)
         self.cfg = cfg
         self.device = device
         self.class_names: List[str] = list(cfg.data.classes)

@@ -405,3 +405,20 @@ def test_deploy_benchmark_scores_the_checkpoint_as_shipped_and_the_graph_as_expo
     assert r["rows"]["pytorch_fp32"]["AP"] == pytest.approx(scores["soft"], abs=1e-6)
     assert r["rows"]["onnxruntime_fp32"]["AP"] == pytest.approx(scores["nms"], abs=1e-4)
     assert format_deploy(r).splitlines()[-1].startswith("the checkpoint tests with Soft-NMS")
+
+
+def test_onnx_runtime_gives_pytorchs_detections_with_tiles(trained):
+    # sliced inference wraps either backend alike: 128 px tiles of a test image enlarged to 300 x 450
+    # (tiles above the graph's smallest side, 65 px, which ONNX Runtime would pad)
+    tiles = ["model.tiles.size=128", "model.tiles.overlap=0.25", "model.tiles.batch=3"]
+    torch_p = Predictor.from_checkpoint(trained["checkpoint"], overrides=tiles)
+    onnx_p = Predictor.from_checkpoint(trained["onnx"], overrides=tiles)
+    path = sorted((trained["data"] / "images" / "test").iterdir())[0]
+    image = cv2.resize(read_image(path), (450, 300), interpolation=cv2.INTER_LINEAR)
+    ref, got = torch_p(image), onnx_p(image)
+    assert len(ref["scores"]) > 0 and len(got["scores"]) == len(ref["scores"])
+    np.testing.assert_allclose(got["boxes"], ref["boxes"], atol=0.01)
+    np.testing.assert_allclose(got["scores"], ref["scores"], atol=1e-4)
+    np.testing.assert_array_equal(got["labels"], ref["labels"])
+    whole = Predictor.from_checkpoint(trained["checkpoint"])(image)
+    assert len(whole["scores"]) != len(ref["scores"]) or not np.allclose(whole["boxes"], ref["boxes"])

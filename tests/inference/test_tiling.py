@@ -1,0 +1,154 @@
+"""Sliced inference (model.tiles): the windows by hand, one detection per planted object however the
+tiles cut it, the bad settings refused in one line, and training crops at the tile scale."""
+import logging
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from detect.config import load_config
+from detect.data.transforms import build_transforms
+from detect.errors import ConfigError
+from detect.inference.tiling import TiledDetector, tile_windows, tiled
+
+
+def test_windows_by_hand():
+    # 1000 x 600, tiles of 400 sharing 20%: a step of 320; the last of a row flush with the edge
+    assert tile_windows(600, 1000, 400, 0.2) == [(0, 0, 400, 400), (320, 0, 720, 400), (600, 0, 1000, 400),
+                                                 (0, 200, 400, 600), (320, 200, 720, 600), (600, 200, 1000, 600)]
+    # a side shorter than a tile is one window of that side; no overlap: a plain grid
+    assert tile_windows(300, 1000, 400, 0.2) == [(0, 0, 400, 300), (320, 0, 720, 300), (600, 0, 1000, 300)]
+    assert tile_windows(800, 800, 400, 0.0) == [(0, 0, 400, 400), (400, 0, 800, 400), (0, 400, 400, 800),
+                                                (400, 400, 800, 800)]
+
+
+class BlobDetector(nn.Module):
+    """A 'detector' that finds each white blob of an image exactly (its bounding box, score 0.9, class
+    1), whatever part of the scene it is given: what sliced inference must merge. Counts its calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, images):
+        self.calls.append([tuple(im.shape[-2:]) for im in images])
+        out = []
+        for im in images:
+            mask = (im[0] > 0.5).numpy().astype(np.uint8)
+            n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=4)
+            boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h, _ in stats[1:]], dtype=torch.float32)
+            boxes = boxes.reshape(-1, 4)
+            out.append({"boxes": boxes, "scores": torch.full((len(boxes),), 0.9), "labels": torch.ones(len(boxes),
+                                                                                                        dtype=torch.int64)})
+        return out
+
+
+def scene(objects, height=600, width=1000):
+    image = torch.zeros(3, height, width)
+    for x0, y0, x1, y1 in objects:
+        image[:, y0:y1, x0:x1] = 1.0
+    return image
+
+
+def sort(boxes):
+    return sorted(map(tuple, boxes.round().int().tolist()))
+
+
+# windows of tile_windows(600, 1000, 400, 0.2): columns start at 0, 320, 600 and rows at 0, 200
+PLANTED = [(390, 50, 420, 80),     # across the first column's right edge (x 400), inside the second column
+           (700, 380, 730, 420),   # across the first row's bottom edge (y 400)
+           (380, 380, 420, 420),   # across a corner of four tiles
+           (330, 100, 350, 120),   # in the overlap: whole in two tiles
+           (0, 0, 20, 20),         # at the image's own corner: a border, not a cut
+           (980, 580, 1000, 600)]  # at the opposite corner
+
+
+def test_one_detection_per_planted_object_however_the_tiles_cut_it():
+    detector = BlobDetector()
+    tiles = TiledDetector(detector, 400, 0.2, full_image=False, full_size=(600, 1000), nms_thresh=0.5,
+                          detections_per_image=100, batch=4)
+    got = tiles([scene(PLANTED)])[0]
+    assert sort(got["boxes"]) == sorted(PLANTED)  # no fragment beside any whole object
+    assert torch.all(got["scores"] == 0.9) and torch.all(got["labels"] == 1)
+    # six tiles in batches of four
+    assert detector.calls == [[(400, 400)] * 4, [(400, 400)] * 2]
+
+
+def test_sliced_inference_equals_each_tile_by_hand_then_the_merge():
+    from detect.ops import batched_nms
+
+    image = scene(PLANTED)
+    detector = BlobDetector()
+    parts = []
+    for x0, y0, x1, y1 in tile_windows(600, 1000, 400, 0.2):
+        out = detector([image[:, y0:y1, x0:x1]])[0]
+        b = out["boxes"]
+        inner_cut = ((b[:, 0] <= 1) & (x0 > 0)) | ((b[:, 1] <= 1) & (y0 > 0)) | \
+                    ((b[:, 2] >= x1 - x0 - 1) & (x1 < 1000)) | ((b[:, 3] >= y1 - y0 - 1) & (y1 < 600))
+        parts.append(b[~inner_cut] + torch.tensor([x0, y0, x0, y0], dtype=torch.float32))
+    boxes = torch.cat(parts)
+    keep = batched_nms(boxes, torch.full((len(boxes),), 0.9), torch.ones(len(boxes), dtype=torch.int64), 0.5)
+    by_hand = sort(boxes[keep])
+    got = TiledDetector(BlobDetector(), 400, 0.2, False, (600, 1000), 0.5, 100, batch=3)([image])[0]
+    assert sort(got["boxes"]) == by_hand == sorted(PLANTED)
+
+
+def test_an_object_larger_than_the_overlap_comes_from_the_full_view():
+    big = (250, 150, 550, 450)  # cut by every tile that holds part of it
+    objects = PLANTED[3:] + [big]
+    without = TiledDetector(BlobDetector(), 400, 0.2, False, (600, 1000), 0.5, 100)([scene(objects)])[0]
+    assert big not in sort(without["boxes"])
+    # the full view at the image's own size (600 short side, 1000 cap) sees it whole; the small ones,
+    # found by the tiles and the full view alike, stay one detection each
+    detector = BlobDetector()
+    with_full = TiledDetector(detector, 400, 0.2, True, (600, 1000), 0.5, 100)([scene(objects)])[0]
+    assert sort(with_full["boxes"]) == sorted(objects)
+    assert detector.calls[-1] == [(600, 1000)]
+
+
+def test_an_image_that_fits_one_tile_runs_whole_and_is_said_once(caplog):
+    detector = BlobDetector()
+    tiles = TiledDetector(detector, 400, 0.2, True, (600, 1000), 0.5, 100)
+    with caplog.at_level(logging.INFO, logger="detect.inference.tiling"):
+        for _ in range(2):
+            got = tiles([scene([(10, 10, 30, 30)], 300, 380)])[0]
+    assert sort(got["boxes"]) == [(10, 10, 30, 30)] and detector.calls == [[(300, 380)], [(300, 380)]]
+    said = [r.getMessage() for r in caplog.records]
+    assert said == ["model.tiles.size=400: an image of 380x300 fits one tile; it runs whole"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.tiles.size=400", "model.tiles.overlap=0.95"], "model.tiles.overlap"),
+    (["model.tiles.size=32"], "model.tiles.size=32: a tile must be at least 64 px (the model's smallest input)"),
+])
+def test_bad_tile_settings_are_one_line(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        tiled(nn.Identity(), load_config("configs/faster_rcnn/shapes.yaml", overrides))
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_sliced_inference_is_refused_for_the_stages_with_proposals_from_a_file():
+    with pytest.raises(ConfigError, match="sliced inference runs Faster R-CNN"):
+        tiled(nn.Identity(), load_config("configs/fast_rcnn/shapes.yaml", ["model.tiles.size=400"]))
+
+
+def test_the_test_images_stay_at_the_tile_scale_and_training_sees_tile_crops():
+    cfg = load_config("configs/faster_rcnn/shapes.yaml", ["model.tiles.size=128", "model.tiles.scale=0.5",
+                                                          "input.tile_crop_prob=1.0"])
+    image = np.zeros((600, 1000, 3), np.uint8)
+    image[100:140, 200:260] = 255
+    target = {"boxes": np.array([[200, 100, 260, 140]], np.float32), "labels": np.array([1]),
+              "ignore": np.zeros(1, bool)}
+    resized, t = build_transforms(cfg, train=False)(image, {k: v.copy() for k, v in target.items()})
+    assert resized.shape[:2] == (300, 500)  # half the native size, not the test size
+    np.testing.assert_allclose(t["boxes"], [[100, 50, 130, 70]])
+    train = build_transforms(cfg, train=True)
+    train.set_seed(0)
+    for _ in range(20):
+        crop, t = train(image, {k: v.copy() for k, v in target.items()})
+        assert crop.shape[:2] == (128, 128) and t["scale"] == (0.5, 0.5)
+        for box in t["boxes"]:  # a box kept is in the crop, at the tile scale (30 x 20 px whole)
+            assert 0 <= box[0] < box[2] <= 128 and 0 <= box[1] < box[3] <= 128
+            assert box[2] - box[0] <= 30 + 1e-3 and box[3] - box[1] <= 20 + 1e-3
