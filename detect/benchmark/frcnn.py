@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torchvision
 
+from detect.benchmark import ACCURACY_RUNS
 from detect.config import Config, config_from_dict
 from detect.data.build import build_dataset
 from detect.data.collate import collate_detection
@@ -181,43 +182,70 @@ def with_classes(cfg: Config, class_names: Sequence[str]) -> Config:
     return config_from_dict(data, source="benchmark")
 
 
-def accuracy_same_budget(cfg: Config, minutes: float, output_dir) -> Dict[str, Any]:
-    """Train ``detect``'s model and torchvision's from scratch for the same wall-clock budget with the
-    same data, schedule and batch size, then evaluate both with the same evaluator."""
+def finetune_config(cfg: Config, recipe: Config) -> Config:
+    """``recipe`` (e.g. ``configs/faster_rcnn/finetune.yaml``) on ``cfg``'s data: its ``data`` and
+    ``input`` sections replaced by ``cfg``'s (the dataset and its image sizes)."""
+    data = recipe.to_dict()
+    data.update(data=cfg.to_dict()["data"], input=cfg.to_dict()["input"])
+    return config_from_dict(data, source="benchmark")
+
+
+def accuracy_same_budget(cfg: Config, minutes: float, output_dir, finetune: Optional[Config] = None,
+                         runs: Sequence[str] = ACCURACY_RUNS) -> Dict[str, Any]:
+    """Train for the same wall-clock budget with the same data, then evaluate with the same evaluator:
+    ``detect``'s model (``cfg``) and torchvision's from scratch with the same schedule and batch size,
+    and ``detect_finetuned``: the recipe ``finetune`` (e.g. ``configs/faster_rcnn/finetune.yaml``)
+    on the same data. ``runs``: which of :data:`ACCURACY_RUNS` train."""
     from pathlib import Path
 
     from detect.training.trainer import train
 
     data = with_classes(cfg, build_dataset(cfg, "train", check_files=False).class_names).to_dict()
     data["train"].update(max_minutes=float(minutes), max_iter=10 ** 9, eval_period=0)
-    results = {}
-    for name in ("detect", "torchvision"):
-        run_cfg = config_from_dict(data, source="benchmark")  # each run fits its own copy (auto anchors)
+    settings = {}
+    for name in runs:
+        if name == "detect_finetuned":
+            if finetune is None:
+                raise ValueError("the detect_finetuned run needs a fine-tuning recipe (finetune=)")
+            tuned = finetune_config(config_from_dict(data, source="benchmark"), finetune).to_dict()
+            tuned["train"].update(max_minutes=float(minutes), max_iter=10 ** 9, eval_period=0)
+            settings[name] = tuned
+        else:
+            settings[name] = data
+    results: Dict[str, Any] = {}
+    for name, run_data in settings.items():
+        run_cfg = config_from_dict(run_data, source="benchmark")  # each run fits its own copy (auto anchors)
         torch.manual_seed(run_cfg.train.seed)
-        model = None if name == "detect" else torchvision_model(run_cfg)
+        model = torchvision_model(run_cfg) if name == "torchvision" else None
         metrics = train(run_cfg, Path(output_dir) / name, progress=False, model=model)
         log = [json.loads(line) for line in (Path(output_dir) / name / "log.jsonl").read_text().splitlines()]
         iterations = max(r["iteration"] for r in log)
         results[name] = {"AP": metrics["coco"]["AP"], "AP50": metrics["coco"]["AP50"], "iterations": iterations,
                          "per_class_AP50": {k: v["AP50"] for k, v in metrics["coco"]["per_class"].items()}}
         results[name]["AP_per_iteration"] = results[name]["AP"] / max(iterations, 1)
-    results["AP50_ratio"] = results["detect"]["AP50"] / max(results["torchvision"]["AP50"], 1e-9)
+    if "detect" in results and "torchvision" in results:
+        results["AP50_ratio"] = results["detect"]["AP50"] / max(results["torchvision"]["AP50"], 1e-9)
     results["minutes"] = minutes
     return results
 
 
 def format_accuracy(rows: Dict[str, Dict[str, Any]]) -> str:
-    """One row per dataset of :func:`accuracy_same_budget` results (``{dataset: result}``)."""
+    """One row per dataset and run of :func:`accuracy_same_budget` results (``{dataset: result}``)."""
     minutes = next(iter(rows.values()))["minutes"]
-    lines = [f"from scratch, {minutes:g} min of training each on this machine, same data, schedule and evaluator",
-             f"{'dataset':<12} {'detect iters':>12} {'AP':>6} {'AP50':>6}   {'torchvision iters':>17} {'AP':>6} "
-             f"{'AP50':>6}   {'AP50 ratio':>10}"]
+    labels = {"detect": "detect, from scratch", "detect_finetuned": "detect, fine-tuned",
+              "torchvision": "torchvision, from scratch"}
+    lines = [f"{minutes:g} min of training each on this machine, same data, batch size and evaluator",
+             f"{'dataset':<12} {'run':<26} {'iters':>7} {'AP':>6} {'AP50':>6}"]
     for dataset, res in rows.items():
-        d, t = res["detect"], res["torchvision"]
-        lines.append(f"{dataset:<12} {d['iterations']:>12} {d['AP']:6.3f} {d['AP50']:6.3f}   {t['iterations']:>17} "
-                     f"{t['AP']:6.3f} {t['AP50']:6.3f}   {res['AP50_ratio']:>9.2f}x")
+        for name in ACCURACY_RUNS:
+            if name in res:
+                r = res[name]
+                lines.append(f"{dataset:<12} {labels[name]:<26} {r['iterations']:>7} {r['AP']:6.3f} {r['AP50']:6.3f}")
+        if "AP50_ratio" in res:
+            lines.append(f"{dataset:<12} {'AP50 detect / torchvision':<26} {res['AP50_ratio']:>21.2f}x")
     for dataset, res in rows.items():
-        lines.append(f"{dataset} AP50 per class: " + ", ".join(
-            f"{n} {res['detect']['per_class_AP50'][n]:.3f} / {res['torchvision']['per_class_AP50'][n]:.3f}"
-            for n in res["detect"]["per_class_AP50"]))
+        runs = [n for n in ACCURACY_RUNS if n in res]
+        lines.append(f"{dataset} AP50 per class ({' / '.join(runs)}): " + ", ".join(
+            f"{n} " + " / ".join(f"{res[run]['per_class_AP50'][n]:.3f}" for run in runs)
+            for n in res[runs[0]]["per_class_AP50"]))
     return "\n".join(lines)

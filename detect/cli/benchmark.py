@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 
+from detect.benchmark import ACCURACY_RUNS
 from detect.cli.common import (ListOf, add_device, add_old_spelling, add_output_dir, add_overrides, note,
                                overrides_with_device)
 
@@ -34,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=3, help="latency: interleaved rounds over the images (median)")
     p.add_argument("--train-minutes", type=float, default=0.0,
                    help="also train both from scratch for this many minutes each and compare AP")
+    p.add_argument("--finetune", default="configs/faster_rcnn/finetune.yaml",
+                   help="with --train-minutes, the fine-tuning recipe of the detect_finetuned run")
+    p.add_argument("--runs", action=ListOf, default=list(ACCURACY_RUNS), choices=ACCURACY_RUNS, metavar="RUN",
+                   help=f"with --train-minutes, which runs train on each dataset (default: all of "
+                        f"{' '.join(ACCURACY_RUNS)})")
     add_output_dir(p, "run folders of the accuracy comparison, one per config (default: runs/benchmark_frcnn)")
     _common(p, _frcnn)
     p = sub.add_parser("proposals", help="selective search against OpenCV contrib's: time, recall, MABO")
@@ -124,6 +130,7 @@ def _frcnn(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from detect.benchmark.frcnn import format_frcnn, run_frcnn_benchmark
+    from detect.config import load_config
 
     configs = {Path(c).stem: load_with_data_root(c, overrides_with_device(args), args.data_root) for c in args.config}
     rows = {}
@@ -135,10 +142,12 @@ def _frcnn(args: argparse.Namespace) -> int:
         from detect.benchmark.frcnn import accuracy_same_budget, format_accuracy
 
         folder = Path(_folder(args, "frcnn"))
+        finetune = load_config(args.finetune, overrides_with_device(args)) if "detect_finetuned" in args.runs else None
         rows["accuracy"] = {}
         for name, cfg in configs.items():
-            rows["accuracy"][name] = accuracy_same_budget(cfg, args.train_minutes, folder / name)
-            print(f"{name}: trained and evaluated both", flush=True)
+            rows["accuracy"][name] = accuracy_same_budget(cfg, args.train_minutes, folder / name, finetune,
+                                                          runs=args.runs)
+            print(f"{name}: trained and evaluated {', '.join(args.runs)}", flush=True)
         print(format_accuracy(rows["accuracy"]))
     _write_json(args.json, rows)
     return 0

@@ -66,8 +66,10 @@ class ListOf(argparse.Action):
     """A list flag, written one way: space-separated (``--classes a b``). A comma-separated list (the
     spelling of some tools before 0.2) is split, with a note."""
 
-    def __init__(self, option_strings, dest, item: Callable[[str], Any] = str, **kwargs):
-        self.item = item
+    def __init__(self, option_strings, dest, item: Callable[[str], Any] = str, choices=None, **kwargs):
+        # the choices are checked here, after a comma-separated list is split (argparse's own check
+        # would refuse "a,b" whole)
+        self.item, self.allowed = item, choices
         super().__init__(option_strings, dest, nargs="+", **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
@@ -78,6 +80,9 @@ class ListOf(argparse.Action):
             items = [self.item(v.strip()) for x in values for v in x.split(",") if v.strip()]
         except ValueError as e:
             parser.error(f"{option_string}: {e}")
+        wrong = [v for v in items if self.allowed is not None and v not in self.allowed]
+        if wrong:
+            parser.error(f"{option_string}: {' '.join(map(str, wrong))} is not one of {' '.join(map(str, self.allowed))}")
         setattr(namespace, self.dest, items)
 
 

@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from detect.config import load_config
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -56,19 +58,31 @@ train: {{batch_size: 2, checkpoint_period: 0, log_period: 1}}
     out = tmp_path / "acc.json"
     r = subprocess.run([sys.executable, str(REPO / "tools" / "benchmark.py"), "frcnn", "--no-speed", "--train-minutes",
                         "0.03", "--data-root", str(tmp_path / "root"), "--output-dir", str(tmp_path / "runs"),
-                        "--json", str(out), *configs], capture_output=True, text=True, cwd=REPO, timeout=900)
+                        "--json", str(out), "--finetune", str(REPO / "configs/faster_rcnn/finetune.yaml"), *configs,
+                        "model.backbone.pretrained=null"], capture_output=True, text=True, cwd=REPO, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = json.loads(out.read_text())["accuracy"]
     assert list(rows) == ["first", "second"]
     for name, res in rows.items():
-        for lib in ("detect", "torchvision"):
+        for lib in ("detect", "detect_finetuned", "torchvision"):
             run = tmp_path / "runs" / name / lib
             metrics = json.loads((run / "metrics.json").read_text())["coco"]
             assert res[lib]["AP50"] == metrics["AP50"] and res[lib]["iterations"] >= 1
             assert res[lib]["AP_per_iteration"] == res[lib]["AP"] / res[lib]["iterations"]
         assert list(res["detect"]["per_class_AP50"]) == list(res["torchvision"]["per_class_AP50"])
-        line = next(l for l in r.stdout.splitlines() if l.startswith(name + " "))
-        assert f"{res['detect']['iterations']}" in line and f"{res['torchvision']['AP50']:.3f}" in line
+        lines = [l for l in r.stdout.splitlines() if l.startswith(name + " ")]
+        assert f"{res['detect']['iterations']}" in lines[0] and f"{res['torchvision']['AP50']:.3f}" in lines[2]
+        assert "fine-tuned" in lines[1] and f"{res['detect_finetuned']['AP50']:.3f}" in lines[1]
+        saved = load_config(tmp_path / "runs" / name / "detect_finetuned" / "config.yaml")
+        assert saved.model.backbone.name == "efficientnet_lite0" and saved.input.min_size == 96  # the recipe, the data's size
     # classes from the annotations (first) and in the config's order (second)
     assert list(rows["first"]["detect"]["per_class_AP50"]) == ["rectangle", "ellipse", "triangle"]
     assert list(rows["second"]["detect"]["per_class_AP50"]) == ["triangle", "ellipse", "rectangle"]
+
+
+def test_the_runs_of_the_accuracy_comparison_are_checked_before_anything_trains():
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "benchmark.py"), "frcnn", "--config", "x.yaml",
+                        "--train-minutes", "1", "--runs", "detect", "fine_tuned"],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 2
+    assert "--runs: fine_tuned is not one of detect detect_finetuned torchvision" in r.stderr
