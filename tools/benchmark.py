@@ -2,8 +2,10 @@
 """`detect benchmark`, for a checkout without the installed command: the same code, flags and output
 (detect/cli/benchmark.py). `python tools/benchmark.py --help` lists the flags."""
 import sys
+from pathlib import Path
 
-from detect.cli import main
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's package, installed or not
+from detect.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(["benchmark", *sys.argv[1:]]))

@@ -63,6 +63,18 @@ def test_help_lists_every_command_flag_and_key_without_importing_torch():
     assert "model.test_flip=" in infer_help and "train.lr=" not in infer_help
 
 
+def test_the_scripts_run_the_checkouts_package_wherever_they_are_called_from(tmp_path):
+    # another "detect" first on the path (an older install, another checkout) must not be the one run
+    decoy = tmp_path / "decoy" / "detect"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text("raise ImportError('the decoy package was imported')\n")
+    for tool in sorted((REPO / "tools").glob("*.py")):
+        r = subprocess.run([sys.executable, str(tool), "--help"], capture_output=True, text=True, cwd=tmp_path,
+                           timeout=120, env={**os.environ, "PYTHONPATH": str(decoy.parent)})
+        assert r.returncode == 0, (tool.name, r.stderr[-500:])
+        assert r.stdout.startswith("usage: detect "), tool.name
+
+
 def test_the_same_training_through_the_command_the_module_and_the_script(tiny_data, tmp_path):
     doors = {"command": [shutil.which("detect") or pytest.skip("the detect command is not installed (pip install -e .)"),
                          "train"],
