@@ -8,6 +8,7 @@
   detect benchmark deploy --checkpoint runs/bccd/model_final.pth
   detect benchmark infer --checkpoint runs/bccd/model_final.pth --input datasets/BCCD/JPEGImages --limit 72
   detect benchmark ops
+  detect benchmark yolo --num-images 10000
 
 Folders written (run folders of the accuracy comparison, exported models, the stage comparison's
 pictures) default to the next free runs/benchmark_<name>.
@@ -79,6 +80,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--no-save-images", action="store_true")
     p.add_argument("--json", help="also write the figures as json")
     p.set_defaults(benchmark_run=_infer)
+    p = sub.add_parser("yolo", help="reading a generated YOLO dataset's labels: first read, cached read, after changes")
+    p.add_argument("--num-images", type=int, default=10000)
+    p.add_argument("--rounds", type=int, default=3, help="cached reads timed (the best)")
+    add_output_dir(p, "where the generated set goes, a new folder (default: runs/benchmark_yolo)")
+    p.add_argument("--json", help="also write the figures as json")
+    p.set_defaults(benchmark_run=_yolo)
 
 
 def _common(parser: argparse.ArgumentParser, run_function) -> None:
@@ -218,4 +225,23 @@ def _stages(args: argparse.Namespace) -> int:
     print(f"wrote {Path(folder) / 'stages.md'}, stages.json and the pictures")
     if args.json:
         Path(args.json).write_text((Path(folder) / "stages.json").read_text())
+    return 0
+
+
+def _yolo(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    from detect.benchmark.yolo_labels import format_yolo_benchmark, run_yolo_benchmark
+    from detect.errors import OutputExistsError
+
+    if args.num_images < 1:
+        raise SystemExit("detect benchmark yolo: --num-images must be at least 1")
+    folder = Path(_folder(args, "yolo"))
+    if folder.exists() and any(folder.iterdir()):
+        raise OutputExistsError(f"{folder} is not empty: the benchmark generates its set into a new folder")
+    logging.getLogger("detect.data").setLevel(logging.WARNING)  # the set's summary, once per read timed
+    result = run_yolo_benchmark(folder, args.num_images, args.rounds)
+    print(format_yolo_benchmark(result))
+    _write_json(args.json, result)
     return 0

@@ -218,7 +218,9 @@ def read_labels(images: Sequence[Path], num_classes: int) -> List[Dict[str, Any]
     out = []
     for image in images:
         label = label_path(image)
-        cache = caches.setdefault(label.parent, LabelCache(label.parent))
+        cache = caches.get(label.parent)
+        if cache is None:  # once per labels folder (setdefault would read the file once per image)
+            cache = caches[label.parent] = LabelCache(label.parent)
         entry = cache.get(image, label)
         if entry is None or entry.get("num_classes") != num_classes:
             try:

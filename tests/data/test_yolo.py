@@ -117,11 +117,15 @@ def test_folders_without_a_yaml_and_a_list_of_images(tmp_path):
 def test_the_label_cache_reads_only_what_changed(messy, monkeypatch):
     load_yolo(messy, "train")
     assert (messy / "labels" / "train" / yolo.CACHE_NAME).is_file()
-    calls = []
+    calls, opened = [], []
     real = yolo.displayed_size
     monkeypatch.setattr(yolo, "displayed_size", lambda p: calls.append(p) or real(p))
+    real_cache = yolo.LabelCache.__init__
+    monkeypatch.setattr(yolo.LabelCache, "__init__", lambda self, folder: opened.append(folder) or
+                        real_cache(self, folder))
     again = load_yolo(messy, "train")
     assert calls == []  # every image and label file from the cache
+    assert opened == [messy / "labels" / "train"]  # its file read once, not once per image
     label = messy / "labels" / "train" / "a.txt"
     label.write_text("1 0.5 0.5 0.5 0.5\n")
     os.utime(label, ns=(label.stat().st_atime_ns, label.stat().st_mtime_ns + 10 ** 9))
@@ -242,3 +246,14 @@ def test_split_is_seeded_and_stratified(tmp_path):
                for s in ("train", "val")]
     assert [len(w.records) for w in written] == [30, 10]
     assert [r.path.name for r in written[1].records] == [whole.records[i].path.name for i in parts[1]]
+
+
+def test_the_label_reading_benchmark_reads_the_generated_set_back(tmp_path):
+    from detect.benchmark.yolo_labels import run_yolo_benchmark
+
+    result = run_yolo_benchmark(tmp_path / "set", num_images=40, rounds=1)
+    ds = load_yolo(tmp_path / "set" / "data.yaml", "train")
+    assert result["images"] == len(ds.records) == 40
+    assert sum(len(r.boxes) for r in ds.records) == result["boxes"] + 1  # the changed file's one more box
+    assert result["changed_files"] == 1 and len(list((tmp_path / "set" / "labels" / "train").glob("*.txt"))) == 36
+    assert {(r.width, r.height) for r in ds.records} == {(640, 480), (480, 640), (800, 600), (1024, 768)}
