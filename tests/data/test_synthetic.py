@@ -69,3 +69,24 @@ def test_cli_prints_statistics(tmp_path, capsys):
     assert main(["--out", str(tmp_path), "--num-train", "2", "--num-test", "1", "--size", "64"]) == 0
     out = capsys.readouterr().out
     assert "images: 2" in out and "images: 1" in out and "boxes per class" in out
+
+
+def test_large_images_hold_small_whole_objects_apart():
+    # sliced inference's development set: 1,500-2,000 px images, objects of about 8-40 px (the shape's
+    # size; a box's geometric mean side stays within 5-60 px), whole, none touching another
+    from detect.data.synthetic import generate_large_image
+
+    for seed in range(3):
+        image, objects = generate_large_image(np.random.default_rng(seed))
+        h, w = image.shape[:2]
+        assert max(h, w) == 2000 and min(h, w) >= 1000 and len(objects) >= 10
+        boxes = np.array([box for _, box, _, _ in objects])
+        assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
+        sides = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+        assert 5 <= sides.min() and sides.max() <= 60
+        for _, _, visible, full in objects:
+            assert visible == full  # whole: nothing covers part of an object
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                a, b = boxes[i], boxes[j]
+                assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]

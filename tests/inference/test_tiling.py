@@ -152,3 +152,27 @@ def test_the_test_images_stay_at_the_tile_scale_and_training_sees_tile_crops():
         for box in t["boxes"]:  # a box kept is in the crop, at the tile scale (30 x 20 px whole)
             assert 0 <= box[0] < box[2] <= 128 and 0 <= box[1] < box[3] <= 128
             assert box[2] - box[0] <= 30 + 1e-3 and box[3] - box[1] <= 20 + 1e-3
+
+
+@pytest.mark.parametrize("side, advised", [(30, True), (200, False)])
+def test_dataset_stats_recommend_tiles_when_boxes_are_small_only_at_the_training_scale(tmp_path, side, advised):
+    import json
+
+    from detect.data.coco import load_coco
+    from detect.data.stats import tiling_advice
+
+    # 2000 x 1500 images at the shapes config's training size (short side 320 or so): a 30 px box
+    # becomes ~6 px, under the 16 px the advice looks for; one of 200 px stays large
+    images = [{"id": i, "file_name": f"{i}.jpg", "width": 2000, "height": 1500} for i in (1, 2)]
+    anns = [{"id": k + 1, "image_id": 1 + k % 2, "category_id": 1, "bbox": [100 + 50 * k, 100, side, side],
+             "area": side * side, "iscrowd": 0} for k in range(6)]
+    (tmp_path / "a.json").write_text(json.dumps({"images": images, "annotations": anns,
+                                                 "categories": [{"id": 1, "name": "thing"}]}))
+    dataset = load_coco(tmp_path / "a.json", tmp_path, check_files=False)
+    cfg = load_config("configs/faster_rcnn/shapes.yaml")
+    advice = tiling_advice(dataset, build_transforms(cfg, train=True), tile_size=640)
+    if advised:
+        assert advice.startswith("100% of the boxes are under 16 px at the training scale, 0% in the images as they are")
+        assert advice.endswith("model.tiles.size=640 input.tile_crop_prob=0.5")
+    else:
+        assert advice is None
