@@ -6,6 +6,7 @@ disk), after the final checkpoint before the evaluation, and at a seeded random 
 DataLoader workers (``num_workers=2``), augmentation and weight EMA are on, so every source of state
 (model, optimizer, EMA, RNG, data order, log) has to come back.
 """
+import csv
 import json
 import os
 import random
@@ -127,6 +128,40 @@ def test_killed_at_every_kind_of_moment_resumes_to_the_uninterrupted_result(data
     for r, g in zip(ref, got):
         assert {k: v for k, v in g.items() if k.startswith("loss") or k in ("lr", "eval")} == \
                {k: v for k, v in r.items() if k.startswith("loss") or k in ("lr", "eval")}
+
+
+def test_a_run_with_validations_and_both_loggers_killed_resumes_to_the_same_records(data, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tests.training.test_runs import scalars
+
+    extra = [*overrides(data), f"data.val.ann_file={data}/test.json", f"data.val.img_dir={data}/images",
+             "train.max_iter=12", "train.eval_period=4", "train.loggers=[tensorboard]"]
+    code, out = launch("none", train_args(tmp_path / "full", data, extra=extra), tmp_path / "full.log")
+    assert code == 0, out[-3000:]
+    cut = tmp_path / "cut"
+    # inside the validation of iteration 8 (its metrics computed, nothing recorded, no checkpoint 8 yet),
+    # then two steps past checkpoint 4 again; then to the end
+    for i, kill in enumerate(["call:detect.training.trainer.validation_images:2", "step:2"]):
+        code, out = launch(kill, train_args(cut, data, resume=i > 0, extra=extra), tmp_path / f"cut{i}.log")
+        assert code == -signal.SIGKILL, (kill, code, out[-3000:])
+    code, out = launch("none", train_args(cut, data, resume=True, extra=extra), tmp_path / "last.log")
+    assert code == 0, out[-3000:]
+
+    a, b = load_checkpoint(tmp_path / "full" / "model_best.pth"), load_checkpoint(cut / "model_best.pth")
+    assert_same_state({k: v for k, v in a.items() if k != "elapsed"}, {k: v for k, v in b.items() if k != "elapsed"})
+    clock = ("elapsed_s", "images_per_s")  # wall-clock columns: never equal
+
+    def rows(folder):
+        lines = list(csv.DictReader((folder / "results.csv").read_text().splitlines()))
+        return [{k: v for k, v in row.items() if k not in clock} for row in lines]
+
+    ref = rows(tmp_path / "full")
+    assert [r["iteration"] for r in ref if r["val_AP"]] == ["4", "8", "12"]
+    # a resumed run that lost the best so far would take iteration 8's equal AP as new and rewrite the file
+    assert a["iteration"] == 4 and [r["best_iteration"] for r in ref if r["val_AP"]] == ["4", "4", "4"]
+    assert rows(cut) == ref  # each row once, none lost, none twice
+    for tag in ("val/AP", "val/AP50", "train/loss", "lr"):
+        assert scalars(cut, tag) == scalars(tmp_path / "full", tag) != [], tag
 
 
 def rcnn_overrides(data):
