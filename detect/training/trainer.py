@@ -310,8 +310,8 @@ class Trainer:
     def progress_fraction(self) -> float:
         t = self.cfg.train
         p = self.iteration / max(t.max_iter, 1)
-        if t.max_minutes > 0:
-            p = max(p, self.elapsed / (60.0 * t.max_minutes))
+        if t.max_minutes > 0:  # an evaluation due by the end counted ahead (Validation.ahead_s)
+            p = max(p, (self.elapsed + self.validation.ahead_s()) / (60.0 * t.max_minutes))
         return dist.all_reduce_max(p)  # ranks agree on when to stop
 
     def state(self, rng_per_rank: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
@@ -481,7 +481,9 @@ class Trainer:
                     k: c[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}, "subset": subset})
         # every rank takes the main process's result (patience stops all of them at the same evaluation)
         self.validation.load_state_dict(dist.gather_objects(self.validation.state_dict())[0])
-        self.elapsed += dist.all_reduce_max(time.perf_counter() - start)
+        seconds = dist.all_reduce_max(time.perf_counter() - start)
+        self.elapsed += seconds
+        self.validation.took(seconds)
 
     def _evaluate_final(self) -> Dict[str, Any]:
         """The final model on the whole test split: metrics.json (naming the checkpoint, and the best

@@ -55,12 +55,17 @@ class Validation:
     def __init__(self, cfg: Config):
         self.period = float(cfg.train.eval_period)
         self.in_minutes = cfg.train.max_minutes > 0
+        self.budget_s = 60.0 * cfg.train.max_minutes
         self.metric = cfg.train.best_metric
         self.patience = int(cfg.train.patience)
         self.done = 0                 # evaluations so far
         self.best = -math.inf
         self.best_iteration = -1
         self.since_best = 0           # evaluations since the best one
+        # seconds the last evaluation took: under a time budget the run's clock counts them ahead while
+        # another evaluation is due within the budget, so one due at the end fits inside it instead of
+        # running past it
+        self.reserve_s = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -71,8 +76,20 @@ class Validation:
         if not self.enabled:
             return False
         if self.in_minutes:
-            return elapsed >= (self.done + 1) * self.period * 60.0
+            return elapsed + self.ahead_s() >= (self.done + 1) * self.period * 60.0
         return iteration % int(self.period) == 0
+
+    def ahead_s(self) -> float:
+        """Seconds a time budget's clock counts ahead: the last evaluation's, while the next one is due
+        within the budget (else nothing: the run may use its whole budget for steps)."""
+        if not (self.enabled and self.in_minutes) or (self.done + 1) * self.period * 60.0 > self.budget_s + 1e-6:
+            return 0.0
+        return self.reserve_s
+
+    def took(self, seconds: float) -> None:
+        """The last evaluation's duration: under a time budget, counted ahead of the clock from now on."""
+        if self.in_minutes:
+            self.reserve_s = float(seconds)
 
     def record(self, iteration: int, metrics: Dict[str, Any]) -> bool:
         """Count an evaluation; True when it is the best so far (``model_best.pth`` is then written)."""
@@ -94,11 +111,12 @@ class Validation:
 
     def state_dict(self) -> Dict[str, Any]:
         return {"done": self.done, "best": self.best, "best_iteration": self.best_iteration,
-                "since_best": self.since_best}
+                "since_best": self.since_best, "reserve_s": self.reserve_s}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.done, self.best = int(state["done"]), float(state["best"])
         self.best_iteration, self.since_best = int(state["best_iteration"]), int(state["since_best"])
+        self.reserve_s = float(state.get("reserve_s", 0.0))  # checkpoints written before it: none
 
 
 def validation_images(model, cfg: Config, subset: str, device, count: int = 4, score_thresh: float = 0.5):

@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import sys
+import time
 from contextlib import redirect_stderr
 from pathlib import Path
 
@@ -99,7 +100,7 @@ def test_patience_stops_at_the_right_evaluation(data, tmp_path):
     assert trainer.iteration == 3
     state = load_checkpoint(tmp_path / "model_final.pth")
     assert state["validation"] == {"done": 3, "best": state["validation"]["best"], "best_iteration": 1,
-                                   "since_best": 2}
+                                   "since_best": 2, "reserve_s": 0.0}  # counted ahead only under a time budget
     assert load_checkpoint(tmp_path / "model_best.pth")["iteration"] == 1
 
 
@@ -114,6 +115,33 @@ def test_the_schedule_and_the_budget_count_the_evaluations(data, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert sum("eval" in r for r in rows) >= 2
     assert [r for r in rows if "lr" in r][-1]["lr"] == pytest.approx(0.04 * 0.1 ** 2)
+
+
+def test_the_evaluation_due_at_the_end_of_a_budget_fits_inside_it(data, tmp_path, monkeypatch):
+    # evaluations made slow (0.8 s each) and due at 0.05, 0.1 and 0.15 minutes of a 0.15-minute run: the
+    # last one is counted ahead, so the run stops early enough for it and ends within one step of 9 s
+    # (counting none ahead, it ended one evaluation late: 9.8 s and more)
+    import detect.training.trainer as trainer_module
+
+    real = trainer_module.evaluate
+
+    def slow(*args, **kwargs):
+        time.sleep(0.8)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "evaluate", slow)
+    cfg = config(data, "train.max_minutes=0.15", "train.max_iter=100000", "train.eval_period=0.05",
+                 "train.log_period=1", "data.test.ann_file=null", "train.warmup_iters=0")
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    trainer.train()
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "lr" in r]
+    assert [r["iteration"] for r in rows if "eval" in r][-1] == steps[-1]["iteration"]  # the final weights
+    assert sum("eval" in r for r in rows) == 3
+    evaluated = {r["iteration"] for r in rows if "eval" in r}
+    step = max(b["elapsed_s"] - a["elapsed_s"] for a, b in zip(steps, steps[1:])
+               if b["iteration"] == a["iteration"] + 1 and a["iteration"] not in evaluated)  # steps alone
+    assert 9.0 - 0.5 <= trainer.elapsed <= 9.0 + step + 0.3, (trainer.elapsed, step)  # 0.8 s late without
 
 
 def test_the_bar_under_a_time_budget_shows_the_time_left(data, tmp_path):
