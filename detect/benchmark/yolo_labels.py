@@ -17,6 +17,7 @@ import numpy as np
 from detect.data.yolo import CACHE_NAME, load_yolo
 
 IMAGE_SIZES = ((640, 480), (480, 640), (800, 600), (1024, 768))  # the headers say these; the pixels are few
+CLASSES = 3
 
 
 def _label_text(rng: np.random.Generator, boxes: int, classes: int) -> str:
@@ -27,7 +28,7 @@ def _label_text(rng: np.random.Generator, boxes: int, classes: int) -> str:
     return "".join(f"{c} {x:.6f} {y:.6f} {a:.6f} {b:.6f}\n" for c, x, y, a, b in zip(cls, cx, cy, w, h))
 
 
-def make_yolo_set(root: Path, num_images: int, seed: int = 0, classes: int = 3) -> Path:
+def make_yolo_set(root: Path, num_images: int, seed: int = 0, classes: int = CLASSES) -> Path:
     """An Ultralytics-layout set under ``root``: ``data.yaml``, ``images/train/*.jpg`` (plain JPEGs of
     a few sizes) and ``labels/train/*.txt`` with 0-9 boxes each (an image in ten without a label file:
     a negative). Returns the ``data.yaml``."""
@@ -53,8 +54,8 @@ def _timed_read(data_yaml: Path):
 
 def _same(a, b) -> bool:
     return len(a.records) == len(b.records) and all(
-        x.path == y.path and x.width == y.width and x.height == y.height and np.array_equal(x.boxes, y.boxes) and np.array_equal(x.labels, y.labels)
-        for x, y in zip(a.records, b.records))
+        x.path == y.path and (x.width, x.height) == (y.width, y.height) and np.array_equal(x.boxes, y.boxes)
+        and np.array_equal(x.labels, y.labels) for x, y in zip(a.records, b.records))
 
 
 def run_yolo_benchmark(root: Path, num_images: int = 10000, rounds: int = 3, changed: float = 0.01,
@@ -78,7 +79,7 @@ def run_yolo_benchmark(root: Path, num_images: int = 10000, rounds: int = 3, cha
     touched = rng.choice(len(labels), max(1, int(round(changed * len(labels)))), replace=False)
     for index in touched:  # one more box: another size, so the cache must read the file again
         with labels[index].open("a") as f:
-            f.write(_label_text(rng, 1, 3))
+            f.write(_label_text(rng, 1, CLASSES))
     after_s, after = _timed_read(data_yaml)
     cache.unlink()
     _, fresh = _timed_read(data_yaml)

@@ -82,9 +82,8 @@ class Validation:
     def ahead_s(self) -> float:
         """Seconds a time budget's clock counts ahead: the last evaluation's, while the next one is due
         within the budget (else nothing: the run may use its whole budget for steps)."""
-        if not (self.enabled and self.in_minutes) or (self.done + 1) * self.period * 60.0 > self.budget_s + 1e-6:
-            return 0.0
-        return self.reserve_s
+        # without a time budget, budget_s is 0 and reserve_s stays 0 (took): nothing is counted ahead
+        return self.reserve_s if (self.done + 1) * self.period * 60.0 <= self.budget_s + 1e-6 else 0.0
 
     def took(self, seconds: float) -> None:
         """The last evaluation's duration: under a time budget, counted ahead of the clock from now on."""

@@ -161,8 +161,8 @@ def test_dataset_stats_recommend_tiles_when_boxes_are_small_only_at_the_training
     from detect.data.coco import load_coco
     from detect.data.stats import tiling_advice
 
-    # 2000 x 1500 images at the shapes config's training size (short side 320 or so): a 30 px box
-    # becomes ~6 px, under the 16 px the advice looks for; one of 200 px stays large
+    # 2000 x 1500 images at the shapes config's training size (short side 256: a factor of 0.17): a
+    # 30 px box becomes ~5 px, under the 16 px the advice looks for; one of 200 px stays large
     images = [{"id": i, "file_name": f"{i}.jpg", "width": 2000, "height": 1500} for i in (1, 2)]
     anns = [{"id": k + 1, "image_id": 1 + k % 2, "category_id": 1, "bbox": [100 + 50 * k, 100, side, side],
              "area": side * side, "iscrowd": 0} for k in range(6)]
