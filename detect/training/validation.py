@@ -85,6 +85,13 @@ class Validation:
         # without a time budget, budget_s is 0 and reserve_s stays 0 (took): nothing is counted ahead
         return self.reserve_s if (self.done + 1) * self.period * 60.0 <= self.budget_s + 1e-6 else 0.0
 
+    @property
+    def closed_budget(self) -> bool:
+        """Whether the evaluation due at the end of a time budget has run: the run ends there, so its
+        last evaluation scores its final weights (the clock alone may leave a step's time after it,
+        when this evaluation was quicker than the one counted ahead)."""
+        return self.in_minutes and self.enabled and self.done * self.period * 60.0 >= self.budget_s - 1e-6
+
     def took(self, seconds: float) -> None:
         """The last evaluation's duration: under a time budget, counted ahead of the clock from now on."""
         if self.in_minutes:
