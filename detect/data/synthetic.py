@@ -131,7 +131,7 @@ def generate_large_image(rng: np.random.Generator, long_side: int = 2000, max_ob
                          object_size: Tuple[float, float] = (8.0, 40.0)):
     """A large image with many small objects among distractors (sliced inference's development set):
     the shapes of :data:`CLASSES` at ``object_size`` px (log-uniform), never overlapping each other,
-    and as many unlabelled distractors of the same sizes (crosses, rings, blots) besides the
+    and as many unlabelled distractors of the same sizes (outlines: plus signs, crosses, rings) besides the
     background's stray lines. Same return value as :func:`generate_image` (objects whole: the full
     area is the visible one)."""
     aspect = ASPECTS[rng.integers(len(ASPECTS))]
@@ -161,10 +161,13 @@ def generate_large_image(rng: np.random.Generator, long_side: int = 2000, max_ob
         bx, by, bw, bh = cv2.boundingRect(mask)
         objects.append((cls, (float(x0 + bx), float(y0 + by), float(x0 + bx + bw), float(y0 + by + bh)),
                         int(mask.sum()), float(mask.sum())))
-    for _ in range(int(rng.integers(max_objects // 2, max_objects + 1))):  # distractors, unlabelled
+    # distractors, unlabelled: outlines only (plus signs, crosses, rings). A filled disc, drawn here
+    # before, was the image of a small round ellipse, one of the classes: an unlabelled copy of a class
+    # teaches the detector that the class is background
+    for _ in range(int(rng.integers(max_objects // 2, max_objects + 1))):
         size = math.exp(rng.uniform(math.log(low), math.log(high)))
         cx, cy = int(rng.uniform(0, width)), int(rng.uniform(0, height))
-        r = max(2, int(size / 2))
+        r = max(4, int(size / 2))
         if taken[max(cy - r, 0):cy + r + 1, max(cx - r, 0):cx + r + 1].any():
             continue
         colour = tuple(float(v) for v in rng.uniform(0, 255, 3))
@@ -172,10 +175,11 @@ def generate_large_image(rng: np.random.Generator, long_side: int = 2000, max_ob
         if kind == 0:
             cv2.line(image, (cx - r, cy), (cx + r, cy), colour, 2)
             cv2.line(image, (cx, cy - r), (cx, cy + r), colour, 2)
-        elif kind == 1:
-            cv2.circle(image, (cx, cy), r, colour, 2)
+        elif kind == 1:  # thin enough that a small ring keeps its hole
+            cv2.circle(image, (cx, cy), r, colour, 1 if r < 8 else 2)
         else:
-            cv2.circle(image, (cx, cy), max(1, r // 2), colour, -1)
+            cv2.line(image, (cx - r, cy - r), (cx + r, cy + r), colour, 2)
+            cv2.line(image, (cx - r, cy + r), (cx + r, cy - r), colour, 2)
     return image, objects
 
 

@@ -90,3 +90,21 @@ def test_large_images_hold_small_whole_objects_apart():
             for j in range(i + 1, len(boxes)):
                 a, b = boxes[i], boxes[j]
                 assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+
+
+def test_large_image_distractors_are_outlines_never_a_copy_of_a_class(monkeypatch):
+    # a filled disc among the distractors was an unlabelled small ellipse: every circle drawn is a
+    # ring thin enough to keep its hole
+    import detect.data.synthetic as synthetic
+
+    circles = []
+    real = synthetic.cv2.circle
+
+    def record(image, centre, radius, colour, thickness=1, *args):
+        circles.append((radius, thickness))
+        return real(image, centre, radius, colour, thickness, *args)
+
+    monkeypatch.setattr(synthetic.cv2, "circle", record)
+    for seed in range(3):
+        synthetic.generate_large_image(np.random.default_rng(seed))
+    assert circles and all(0 < thickness and radius - thickness >= 2 for radius, thickness in circles)
