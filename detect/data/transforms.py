@@ -87,12 +87,17 @@ class DetectionTransform:
         steps.append(self.resize)
         self.train = train
         self.pipeline = self._compose(steps + self._augment(train, flip_prob, color_jitter))
-        # a share of the training images seen as a tile at native resolution (sliced inference's view)
+        # a share of the training images seen as a tile at native resolution (sliced inference's view).
+        # The crop holds at least one whole box when the image has any (MMDetection's RandomCrop refuses
+        # crops without objects too): small objects are sparse in a large image, and a tile drawn
+        # anywhere is mostly background, which the whole-image views already show. (Proposals ride
+        # in the same box list, so under Fast R-CNN the box held may be a proposal.)
         self.tile_crop_prob, self.tile_scale = (tile_crop_prob, tile_scale) if train and tile_size else (0.0, 1.0)
         self.tile_pipeline = None
         if self.tile_crop_prob > 0:
             self.tile_pipeline = self._compose(
-                [ScaleBy(tile_scale), A.RandomCrop(tile_size, tile_size, pad_if_needed=True, fill=0, p=1.0)]
+                [ScaleBy(tile_scale), A.PadIfNeeded(tile_size, tile_size, position="top_left", fill=0),
+                 A.AtLeastOneBBoxRandomCrop(tile_size, tile_size, p=1.0)]
                 + self._augment(train, flip_prob, color_jitter), min_visibility=0.5)
         self.rng = np.random.default_rng()
 

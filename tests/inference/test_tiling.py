@@ -149,9 +149,18 @@ def test_the_test_images_stay_at_the_tile_scale_and_training_sees_tile_crops():
     for _ in range(20):
         crop, t = train(image, {k: v.copy() for k, v in target.items()})
         assert crop.shape[:2] == (128, 128) and t["scale"] == (0.5, 0.5)
-        for box in t["boxes"]:  # a box kept is in the crop, at the tile scale (30 x 20 px whole)
-            assert 0 <= box[0] < box[2] <= 128 and 0 <= box[1] < box[3] <= 128
-            assert box[2] - box[0] <= 30 + 1e-3 and box[3] - box[1] <= 20 + 1e-3
+        # the one object, whole at the tile scale (30 x 20 px), is in every crop (a crop drawn anywhere
+        # in the 500 x 300 image would miss it most of the time), and the crop shows its pixels
+        assert len(t["boxes"]) == 1
+        x1, y1, x2, y2 = t["boxes"][0]
+        assert 0 <= x1 < x2 <= 128 and 0 <= y1 < y2 <= 128
+        assert x2 - x1 == pytest.approx(30, abs=1e-3) and y2 - y1 == pytest.approx(20, abs=1e-3)
+        inside = crop[int(round(y1)) + 2:int(round(y2)) - 2, int(round(x1)) + 2:int(round(x2)) - 2]
+        assert inside.size and (inside > 200).all()
+    # an image without objects still gives a crop of the tile's size, and a small one is padded to it
+    empty = {"boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64), "ignore": np.zeros(0, bool)}
+    assert train(image, dict(empty))[0].shape[:2] == (128, 128)
+    assert train(np.zeros((100, 120, 3), np.uint8), dict(empty))[0].shape[:2] == (128, 128)
 
 
 @pytest.mark.parametrize("side, advised", [(30, True), (200, False)])
