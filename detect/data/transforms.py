@@ -121,9 +121,11 @@ class DetectionTransform:
     def possible_scales(self, height: int, width: int):
         """The factors by which the transform can scale a ``height x width`` image's boxes (a random crop
         enlarges them further in some training images; the test-time scale is among these; a tile
-        crop shows them at the tile scale)."""
+        crop shows them at the tile scale, and only there when every training image is a tile crop)."""
         scales = self.resize.possible_scales(height, width)
-        return scales + [self.tile_scale] if self.tile_pipeline is not None else scales
+        if self.tile_pipeline is None:
+            return scales
+        return [self.tile_scale] if self.tile_crop_prob >= 1.0 else scales + [self.tile_scale]
 
     def set_seed(self, seed: Optional[int]) -> None:
         """Seed the random draws (call once per DataLoader worker with distinct seeds)."""

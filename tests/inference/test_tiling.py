@@ -185,3 +185,15 @@ def test_dataset_stats_recommend_tiles_when_boxes_are_small_only_at_the_training
         assert advice.endswith("model.tiles.size=640 input.tile_crop_prob=0.5")
     else:
         assert advice is None
+
+
+@pytest.mark.parametrize("share", [0.5, 1.0])
+def test_anchors_are_fitted_to_the_boxes_at_the_scales_training_shows_them(share):
+    # a share of tile crops: the boxes as the whole image shows them (the shapes config's 256 px short
+    # side: 600 x 1000 at 256 / 600) and at the tile scale; every image a crop: the tile scale alone
+    # (the whole-image scale is never trained, so its tiny boxes must not pull the anchors down)
+    cfg = load_config("configs/faster_rcnn/shapes.yaml", ["model.tiles.size=128", "model.tiles.scale=0.5",
+                                                          f"input.tile_crop_prob={share}"])
+    scales = build_transforms(cfg, train=True).possible_scales(600, 1000)
+    expected = [0.5] if share == 1.0 else [pytest.approx(256 / 600), 0.5]
+    assert scales == expected
