@@ -13,6 +13,7 @@ Measured on the same images, on the same machine, in one process:
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -33,6 +34,8 @@ _TV_BUILDERS = {
     ("mobilenet_v3_large", True): "fasterrcnn_mobilenet_v3_large_fpn",
     ("resnet50", True): "fasterrcnn_resnet50_fpn",
 }
+
+LOG = logging.getLogger(__name__)
 
 
 def torchvision_model(cfg: Config, proposals_test: int = 1000) -> torch.nn.Module:
@@ -201,6 +204,9 @@ def accuracy_same_budget(cfg: Config, minutes: float, output_dir, finetune: Opti
     from detect.training.trainer import train
 
     data = with_classes(cfg, build_dataset(cfg, "train", check_files=False).class_names).to_dict()
+    if cfg.train.eval_period > 0:  # validations would spend each run's budget differently
+        LOG.warning("train.eval_period=%g is ignored: the same-budget runs train without validations",
+                    cfg.train.eval_period)
     data["train"].update(max_minutes=float(minutes), max_iter=10 ** 9, eval_period=0)
     settings = {}
     for name in runs:

@@ -59,8 +59,11 @@ train: {{batch_size: 2, checkpoint_period: 0, log_period: 1}}
     r = subprocess.run([sys.executable, str(REPO / "tools" / "benchmark.py"), "frcnn", "--no-speed", "--train-minutes",
                         "0.03", "--data-root", str(tmp_path / "root"), "--output-dir", str(tmp_path / "runs"),
                         "--json", str(out), "--finetune", str(REPO / "configs/faster_rcnn/finetune.yaml"), *configs,
-                        "model.backbone.pretrained=null"], capture_output=True, text=True, cwd=REPO, timeout=900)
+                        "model.backbone.pretrained=null", "train.eval_period=0.01"],
+                       capture_output=True, text=True, cwd=REPO, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
+    # validations would spend each run's budget differently: they are off, and the override says so
+    assert r.stderr.count("train.eval_period=0.01 is ignored: the same-budget runs train without validations") == 2
     rows = json.loads(out.read_text())["accuracy"]
     assert list(rows) == ["first", "second"]
     for name, res in rows.items():
@@ -69,6 +72,8 @@ train: {{batch_size: 2, checkpoint_period: 0, log_period: 1}}
             metrics = json.loads((run / "metrics.json").read_text())["coco"]
             assert res[lib]["AP50"] == metrics["AP50"] and res[lib]["iterations"] >= 1
             assert res[lib]["AP_per_iteration"] == res[lib]["AP"] / res[lib]["iterations"]
+            log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+            assert not [row for row in log if "eval" in row and not row.get("final")]
         assert list(res["detect"]["per_class_AP50"]) == list(res["torchvision"]["per_class_AP50"])
         lines = [l for l in r.stdout.splitlines() if l.startswith(name + " ")]
         assert f"{res['detect']['iterations']}" in lines[0] and f"{res['torchvision']['AP50']:.3f}" in lines[2]
