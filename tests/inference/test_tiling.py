@@ -1,6 +1,7 @@
 """Sliced inference (model.tiles): the windows by hand, one detection per planted object however the
 tiles cut it, the bad settings refused in one line, and training crops at the tile scale."""
 import logging
+import math
 
 import cv2
 import numpy as np
@@ -93,6 +94,53 @@ def test_sliced_inference_equals_each_tile_by_hand_then_the_merge():
     by_hand = sort(boxes[keep])
     got = TiledDetector(BlobDetector(), 400, 0.2, False, (600, 1000), 0.5, 100, batch=3)([image])[0]
     assert sort(got["boxes"]) == by_hand == sorted(PLANTED)
+
+
+class PairDetector(nn.Module):
+    """Finds the objects drawn in channels 1 and 2 separately (their boxes may overlap, as two cells
+    in a smear do): channel 1's at score 0.9, channel 2's at 0.8, both class 1."""
+
+    def forward(self, images):
+        out = []
+        for im in images:
+            boxes, scores = [], []
+            for channel, score in ((1, 0.9), (2, 0.8)):
+                mask = (im[channel] > 0.5).numpy().astype(np.uint8)
+                _, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=4)
+                boxes += [[x, y, x + w, y + h] for x, y, w, h, _ in stats[1:]]
+                scores += [score] * (len(stats) - 1)
+            out.append({"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                        "scores": torch.tensor(scores), "labels": torch.ones(len(boxes), dtype=torch.int64)})
+        return out
+
+
+def test_the_merge_is_soft_nms_where_the_detector_uses_it():
+    from detect.ops import soft_nms
+
+    # two objects overlapping at IoU 0.6, in the overlap of two tiles and in the full view: each view
+    # finds both; hard NMS across the views would keep one of them
+    first, second = (330, 100, 390, 160), (345, 100, 405, 160)
+    image = torch.zeros(3, 600, 1000)
+    image[1, 100:160, 330:390] = 1.0
+    image[2, 100:160, 345:405] = 1.0
+    hard = TiledDetector(PairDetector(), 400, 0.2, True, (600, 1000), 0.5, 100)([image])[0]
+    assert sort(hard["boxes"]) == [first]
+    soft = TiledDetector(PairDetector(), 400, 0.2, True, (600, 1000), 0.5, 100, soft_nms_sigma=0.5,
+                         score_thresh=0.05)([image])[0]
+    assert sort(soft["boxes"][:2]) == sorted([first, second])  # the two best: one per object
+    # by hand: the views' detections (the two tiles of the first row that hold the pair, the first
+    # one cutting the second object at x 400, which is dropped; the full view), merged by Soft-NMS
+    views = [PairDetector()([image[:, 0:400, x0:x0 + 400]])[0] for x0 in (0, 320)] + [PairDetector()([image])[0]]
+    for i, (view, x0) in enumerate(zip(views, (0, 320, 0))):
+        whole = view["boxes"][:, 2] < 399 if i == 0 else torch.ones(len(view["boxes"]), dtype=torch.bool)
+        view["boxes"] = view["boxes"][whole] + torch.tensor([x0, 0, x0, 0], dtype=torch.float32)
+        view["scores"] = view["scores"][whole]
+    assert [len(v["boxes"]) for v in views] == [1, 2, 2]
+    boxes = torch.cat([v["boxes"] for v in views])
+    scores = torch.cat([v["scores"] for v in views])
+    keep, kept = soft_nms(boxes, scores, torch.ones(len(boxes), dtype=torch.int64), 0.5, 0.05, 100)
+    assert sort(soft["boxes"]) == sort(boxes[keep]) and torch.allclose(soft["scores"], kept)
+    assert kept[1] == pytest.approx(0.8 * math.exp(-0.6 ** 2 / 0.5), abs=1e-6)  # the second object's, decayed once
 
 
 def test_an_object_larger_than_the_overlap_comes_from_the_full_view():
