@@ -208,7 +208,8 @@ KEYS: List[Key] = [
     Key("input.crop_prob", 0.0, "random crop keeping every box whole, before the resize (zooms in)",
         bounds=FRACTION),
     Key("input.tile_crop_prob", 0.0, "share of training images seen as a model.tiles.size crop at "
-                                     "model.tiles.scale (native resolution), not resized whole", bounds=FRACTION),
+                                     "model.tiles.scale (native resolution) holding an object, not resized whole",
+        bounds=FRACTION),
     # the data
     *_dataset_keys("train", "training set"),
     *_dataset_keys("test", "test set"),
