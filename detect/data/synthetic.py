@@ -131,8 +131,8 @@ def generate_large_image(rng: np.random.Generator, long_side: int = 2000, max_ob
                          object_size: Tuple[float, float] = (8.0, 40.0)):
     """A large image with many small objects among distractors (sliced inference's development set):
     the shapes of :data:`CLASSES` at ``object_size`` px (log-uniform), never overlapping each other,
-    and as many unlabelled distractors of the same sizes (outlines: plus signs, crosses, rings) besides the
-    background's stray lines. Same return value as :func:`generate_image` (objects whole: the full
+    and as many unlabelled distractors of the same sizes (outlines: plus signs, crosses, rings)
+    besides the background's stray lines. Same return value as :func:`generate_image` (objects whole: the full
     area is the visible one)."""
     aspect = ASPECTS[rng.integers(len(ASPECTS))]
     width = long_side if aspect >= 1 else int(round(long_side * aspect))

@@ -5,9 +5,10 @@ With ``model.tiles.size`` > 0 an image is not shrunk to the test size: it is cut
 (``overlap``: the share two neighbours share), which run through the detector in batches; with
 ``full_image`` the whole image also runs at the normal test size, for the objects larger than a tile.
 The detections come back into the image's pixels and are merged with the detector's own per-class
-suppression (NMS, or Soft-NMS where the model uses it). A detection that touches a tile's inner edge (one that is not the image's border) is the part
-of an object the tile cut: it is dropped, since the overlap shows a whole object whole in another
-tile (or the full view does), and would otherwise survive beside the whole one as a fragment.
+suppression (:func:`detect.ops.suppress`: NMS, or Soft-NMS where the model uses it). A detection
+that touches a tile's inner edge (one that is not the image's border) is the part of an object the
+tile cut: it is dropped, since the overlap shows a whole object whole in another tile (or the full
+view does), and would otherwise survive beside the whole one as a fragment.
 
 The wrapper has the detectors' ``forward`` (a list of ``3xHxW`` images, one dict of detections per
 image), so the PyTorch model and the ONNX Runtime backend take it alike; the test transform keeps
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detect.errors import ConfigError
-from detect.ops import batched_nms, soft_nms
+from detect.ops import suppress
 
 logger = logging.getLogger(__name__)
 
@@ -108,12 +109,9 @@ class TiledDetector(nn.Module):
         boxes = torch.cat([p["boxes"] for p in parts])
         scores = torch.cat([p["scores"] for p in parts])
         labels = torch.cat([p["labels"] for p in parts])
-        if self.soft_nms_sigma > 0:
-            keep, kept_scores = soft_nms(boxes, scores, labels, self.soft_nms_sigma, self.score_thresh,
-                                         self.detections_per_image)
-            return {"boxes": boxes[keep], "scores": kept_scores.to(scores.dtype), "labels": labels[keep]}
-        keep = batched_nms(boxes, scores, labels, self.nms_thresh, max_keep=self.detections_per_image)
-        return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+        keep, kept_scores = suppress(boxes, scores, labels, self.nms_thresh, self.detections_per_image,
+                                     self.soft_nms_sigma, self.score_thresh)
+        return {"boxes": boxes[keep], "scores": kept_scores.to(scores.dtype), "labels": labels[keep]}
 
     def _full_view(self, image: torch.Tensor) -> Dict[str, torch.Tensor]:
         h, w = image.shape[-2:]

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detect.ops import (BalancedSampler, BoxCoder, Matcher, RoIPooler, batched_nms, box_voting, clip_boxes,
-                        flip_boxes, nonempty_boxes, soft_nms)
+from detect.ops import (BalancedSampler, BoxCoder, Matcher, RoIPooler, box_voting, clip_boxes, flip_boxes,
+                        nonempty_boxes, suppress)
 
 ImageSize = Tuple[int, int]
 
@@ -65,11 +65,7 @@ def select_detections(boxes: torch.Tensor, scores: torch.Tensor, size: ImageSize
     boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     nonempty = nonempty_boxes(boxes, min_size=1e-2)
     boxes, scores, labels = boxes[nonempty], scores[nonempty], labels[nonempty]
-    if soft_nms_sigma > 0:
-        keep, kept_scores = soft_nms(boxes, scores, labels, soft_nms_sigma, score_thresh, detections_per_image)
-    else:
-        keep = batched_nms(boxes, scores, labels, nms_thresh, max_keep=detections_per_image)
-        kept_scores = scores[keep]
+    keep, kept_scores = suppress(boxes, scores, labels, nms_thresh, detections_per_image, soft_nms_sigma, score_thresh)
     kept = boxes[keep]
     if vote_iou > 0:
         kept = box_voting(kept, labels[keep], boxes, scores, labels, vote_iou)

@@ -118,6 +118,18 @@ def soft_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, si
     return torch.from_numpy(keep), torch.from_numpy(kept_scores)
 
 
+def suppress(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, nms_thresh: float, max_keep: int,
+             soft_nms_sigma: float = 0.0, score_threshold: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A detector's per-class suppression, one rule for every place detections are merged (a model's
+    RoI head, sliced inference's views): Gaussian :func:`soft_nms` when ``soft_nms_sigma`` > 0
+    (``nms_thresh`` unused), else :func:`batched_nms`. ``boxes (N, 4)``, ``scores (N,)``, ``labels
+    (N,)``; returns the kept indices by decreasing (decayed) score, at most ``max_keep``, and their scores."""
+    if soft_nms_sigma > 0:
+        return soft_nms(boxes, scores, labels, soft_nms_sigma, score_threshold, max_keep)
+    keep = batched_nms(boxes, scores, labels, nms_thresh, max_keep=max_keep)
+    return keep, scores[keep]
+
+
 def soft_nms_reference(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, sigma: float,
                        score_threshold: float, max_keep: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """:func:`soft_nms` in tensor ops on any device: the reference for the CPU kernel."""

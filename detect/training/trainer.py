@@ -310,10 +310,8 @@ class Trainer:
     def progress_fraction(self) -> float:
         t = self.cfg.train
         p = self.iteration / max(t.max_iter, 1)
-        if t.max_minutes > 0:  # an evaluation due by the end counted ahead (Validation.ahead_s)
-            p = max(p, (self.elapsed + self.validation.ahead_s()) / (60.0 * t.max_minutes))
-            if self.validation.closed_budget:
-                p = 1.0
+        if t.max_minutes > 0:  # evaluations due within the budget count on its clock (Validation.clock_s)
+            p = max(p, self.validation.clock_s(self.elapsed) / (60.0 * t.max_minutes))
         return dist.all_reduce_max(p)  # ranks agree on when to stop
 
     def state(self, rng_per_rank: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:

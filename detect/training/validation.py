@@ -76,21 +76,23 @@ class Validation:
         if not self.enabled:
             return False
         if self.in_minutes:
-            return elapsed + self.ahead_s() >= (self.done + 1) * self.period * 60.0
+            return self.clock_s(elapsed) >= self._due_s(self.done + 1)
         return iteration % int(self.period) == 0
 
-    def ahead_s(self) -> float:
-        """Seconds a time budget's clock counts ahead: the last evaluation's, while the next one is due
-        within the budget (else nothing: the run may use its whole budget for steps)."""
-        # without a time budget, budget_s is 0 and reserve_s stays 0 (took): nothing is counted ahead
-        return self.reserve_s if (self.done + 1) * self.period * 60.0 <= self.budget_s + 1e-6 else 0.0
+    def _due_s(self, n: int) -> float:
+        """Seconds into a time budget at which the ``n``-th evaluation is due."""
+        return n * self.period * 60.0
 
-    @property
-    def closed_budget(self) -> bool:
-        """Whether the evaluation due at the end of a time budget has run: the run ends there, so its
-        last evaluation scores its final weights (the clock alone may leave a step's time after it,
-        when this evaluation was quicker than the one counted ahead)."""
-        return self.in_minutes and self.enabled and self.done * self.period * 60.0 >= self.budget_s - 1e-6
+    def clock_s(self, elapsed: float) -> float:
+        """A time budget's clock, ``elapsed`` seconds spent: while another evaluation is due within the
+        budget, the last one's duration is counted ahead (so one due at the end fits inside it); once
+        the evaluation due at the end has run, the whole budget (the run ends with the weights it
+        scored, even when that evaluation was quicker than the one counted ahead)."""
+        if not (self.in_minutes and self.enabled):
+            return elapsed
+        if self._due_s(self.done) >= self.budget_s - 1e-6:
+            return max(elapsed, self.budget_s)
+        return elapsed + (self.reserve_s if self._due_s(self.done + 1) <= self.budget_s + 1e-6 else 0.0)
 
     def took(self, seconds: float) -> None:
         """The last evaluation's duration: under a time budget, counted ahead of the clock from now on."""
