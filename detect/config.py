@@ -95,6 +95,8 @@ KEYS: List[Key] = [
                                            "or null", types=(str, type(None))),
     Key("model.backbone.fpn", False, "a feature pyramid over the backbone's stages"),
     Key("model.backbone.fpn_channels", 256, "the FPN's width", bounds=POSITIVE),
+    Key("model.backbone.fpn_norm", "none", "none (torchvision's FPN) or gn: GroupNorm after each FPN convolution",
+        choices=("none", "gn")),
     Key("model.backbone.fpn_strides", [], "strides of the stages the FPN reads; []: the backbone's default",
         items=int, bounds=POSITIVE),
     Key("model.backbone.width", 1.0, "channel multiplier (tiny, mobilenet_v3_large from scratch)", bounds=(0.05, 8)),

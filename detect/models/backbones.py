@@ -75,7 +75,8 @@ class Backbone(nn.Module):
 
     def __init__(self, stages: Sequence[Stage], return_stages: Sequence[int], fpn: bool,
                  res5: Optional[nn.Module] = None, fpn_channels: int = FPN_CHANNELS, channels_last: bool = False,
-                 pixel_mean: Sequence[float] = IMAGENET_MEAN, pixel_std: Sequence[float] = IMAGENET_STD):
+                 pixel_mean: Sequence[float] = IMAGENET_MEAN, pixel_std: Sequence[float] = IMAGENET_STD,
+                 fpn_norm: str = "none"):
         super().__init__()
         self.channels_last = channels_last
         self.pixel_mean, self.pixel_std = tuple(pixel_mean), tuple(pixel_std)
@@ -85,8 +86,11 @@ class Backbone(nn.Module):
         self.res5 = res5
         strides = [stages[i].stride for i in return_stages]
         if fpn:
+            # fpn_norm "gn": GroupNorm after each lateral and output convolution (detectron2's GN FPN);
+            # "none": torchvision's FPN, convolutions with biases
             self.fpn = FeaturePyramidNetwork([stages[i].channels for i in return_stages], fpn_channels,
-                                             extra_blocks=LastLevelMaxPool())
+                                             extra_blocks=LastLevelMaxPool(),
+                                             norm_layer=_group_norm if fpn_norm == "gn" else None)
             self.out_channels = fpn_channels
             self.roi_strides = strides
             self.strides = strides + [strides[-1] * 2]
@@ -239,14 +243,17 @@ def _split_repeated_strides(stages: List[Stage], fpn_strides: Sequence[int], nam
 
 def build_backbone(name: str, pretrained: Optional[str] = None, fpn: bool = False, norm: str = "bn",
                    freeze_at: int = 0, fpn_channels: int = FPN_CHANNELS, fpn_strides: Sequence[int] = (),
-                   width: float = 1.0, channels_last: bool = False) -> Backbone:
+                   width: float = 1.0, channels_last: bool = False, fpn_norm: str = "none") -> Backbone:
     """Build a backbone by torchvision model name (or ``tiny``); see the module docstring.
 
     ``width`` multiplies the channels of ``tiny`` and ``mobilenet_v3_large`` (torchvision's
     ``width_mult``; ImageNet weights exist at 1.0 only).
     ``fpn_strides`` chooses the stages the FPN reads by their stride (e.g. ``[8, 16, 32]`` for
     MobileNetV3 adds its stride-8 stage, for small objects); empty: the table above.
+    ``fpn_norm``: ``none`` (torchvision's FPN) or ``gn`` (GroupNorm after each FPN convolution).
     """
+    if fpn_norm not in ("none", "gn"):
+        raise ValueError(f"model.backbone.fpn_norm must be none or gn, got {fpn_norm!r}")
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     if width != 1.0 and (name not in ("tiny", "mobilenet_v3_large") or pretrained or width <= 0):
@@ -287,7 +294,7 @@ def build_backbone(name: str, pretrained: Optional[str] = None, fpn: bool = Fals
     pixels = ((efficientnet_lite.PIXEL_MEAN, efficientnet_lite.PIXEL_STD) if name in efficientnet_lite.VARIANTS
               else (IMAGENET_MEAN, IMAGENET_STD))
     backbone = Backbone(stages, returned, fpn, res5=res5, fpn_channels=fpn_channels, channels_last=channels_last,
-                        pixel_mean=pixels[0], pixel_std=pixels[1])
+                        pixel_mean=pixels[0], pixel_std=pixels[1], fpn_norm=fpn_norm)
     if freeze_at:
         backbone.freeze(freeze_at)
     return backbone

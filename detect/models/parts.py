@@ -27,7 +27,7 @@ def backbone_from_config(cfg, load_weights: bool = True) -> Backbone:
     norm = b.norm if b.norm != "auto" else ("frozen_bn" if pretrained else "gn")
     freeze_at = b.freeze_at if b.freeze_at >= 0 else (2 if pretrained else 0)
     return build_backbone(b.name, pretrained if load_weights else None, b.fpn, norm, freeze_at, b.fpn_channels,
-                          b.fpn_strides, b.width, b.channels_last)
+                          b.fpn_strides, b.width, b.channels_last, b.fpn_norm)
 
 
 def default_anchor_sizes(strides: Sequence[int], fpn: bool) -> List[List[float]]:

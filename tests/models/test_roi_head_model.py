@@ -138,6 +138,28 @@ def test_fpn_strides_choose_the_levels_by_stride():
         build_backbone("tiny", fpn=True, fpn_strides=[4, 12])
 
 
+def test_fpn_norm_gn_normalises_each_fpn_output_per_group():
+    from detect.models.backbones import build_backbone
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg("model.backbone.fpn=true", "model.backbone.fpn_channels=32", "model.backbone.fpn_norm=gn",
+                   "model.rpn.anchor_sizes=[]")
+    backbone = build_model(cfg).backbone
+    convs = [block[0] for block in [*backbone.fpn.inner_blocks, *backbone.fpn.layer_blocks]]
+    assert all(conv.bias is None for conv in convs)  # the norm's shift replaces the bias
+    maps = backbone(torch.rand(2, 3, 64, 96))
+    # every level but the max-pooled one leaves an output convolution's GroupNorm (weight 1, bias 0
+    # at initialisation, 32 groups of one channel each here): zero mean, unit variance per image and group
+    for m in maps[:-1]:
+        flat = m.detach().flatten(2)
+        torch.testing.assert_close(flat.mean(-1), torch.zeros(flat.shape[:2]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(flat.var(-1, unbiased=False), torch.ones(flat.shape[:2]), atol=2e-3, rtol=0)
+    plain = build_backbone("tiny", fpn=True, fpn_channels=32)
+    assert all(block[0].bias is not None and len(block) == 1 for block in plain.fpn.layer_blocks)
+    with pytest.raises(ValueError, match="model.backbone.fpn_norm must be none or gn, got 'bn'"):
+        build_backbone("tiny", fpn=True, fpn_norm="bn")
+
+
 def test_a_channels_last_backbone_gives_the_same_maps_and_gradients():
     from detect.models.backbones import build_backbone
 
