@@ -86,11 +86,8 @@ class Backbone(nn.Module):
         self.res5 = res5
         strides = [stages[i].stride for i in return_stages]
         if fpn:
-            # fpn_norm "gn": GroupNorm after each lateral and output convolution (detectron2's GN FPN);
-            # "none": torchvision's FPN, convolutions with biases
             self.fpn = FeaturePyramidNetwork([stages[i].channels for i in return_stages], fpn_channels,
-                                             extra_blocks=LastLevelMaxPool(),
-                                             norm_layer=_group_norm if fpn_norm == "gn" else None)
+                                             extra_blocks=LastLevelMaxPool(), norm_layer=_fpn_norm_layer(fpn_norm))
             self.out_channels = fpn_channels
             self.roi_strides = strides
             self.strides = strides + [strides[-1] * 2]
@@ -206,6 +203,16 @@ def _lite_stages(name: str, pretrained: Optional[str], norm: str) -> List[Stage]
     return stages
 
 
+def _fpn_norm_layer(fpn_norm: str):
+    """The FPN's norm: ``gn`` GroupNorm after each lateral and output convolution (detectron2's GN
+    FPN), ``none`` torchvision's FPN (convolutions with biases)."""
+    if fpn_norm == "gn":
+        return _group_norm
+    if fpn_norm == "none":
+        return None
+    raise ValueError(f"model.backbone.fpn_norm must be none or gn, got {fpn_norm!r}")
+
+
 def _conv_block(cin: int, cout: int, norm: str) -> List[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), _norm_layer(norm)(cout), nn.ReLU(inplace=True),
             nn.Conv2d(cout, cout, 3, padding=1, bias=False), _norm_layer(norm)(cout), nn.ReLU(inplace=True)]
@@ -252,8 +259,7 @@ def build_backbone(name: str, pretrained: Optional[str] = None, fpn: bool = Fals
     MobileNetV3 adds its stride-8 stage, for small objects); empty: the table above.
     ``fpn_norm``: ``none`` (torchvision's FPN) or ``gn`` (GroupNorm after each FPN convolution).
     """
-    if fpn_norm not in ("none", "gn"):
-        raise ValueError(f"model.backbone.fpn_norm must be none or gn, got {fpn_norm!r}")
+    _fpn_norm_layer(fpn_norm)  # a bad value fails before any weights are read
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     if width != 1.0 and (name not in ("tiny", "mobilenet_v3_large") or pretrained or width <= 0):
