@@ -145,6 +145,9 @@ def test_an_imported_model_exports_and_onnx_runtime_gives_its_detections(tmp_pat
     with torch.no_grad():
         ref, got = model([image])[0], onnx_model([image])[0]
     assert len(ref["scores"]) > 0 and len(got["scores"]) == len(ref["scores"])
-    torch.testing.assert_close(got["boxes"], ref["boxes"], atol=0.01, rtol=0)
+    # boxes to 0.01 px plus 1e-3 of their coordinate (torchvision's own ONNX tests allow 1e-3): the
+    # two runtimes' float32 rounding grows with the coordinate through the exp() of the box decoding,
+    # and on one CPU a corner at x = 83 came out 0.011 px apart
+    torch.testing.assert_close(got["boxes"], ref["boxes"], atol=0.01, rtol=1e-3)
     torch.testing.assert_close(got["scores"], ref["scores"], atol=1e-4, rtol=0)
     assert torch.equal(got["labels"], ref["labels"])
