@@ -85,7 +85,7 @@ def calibration_paths(source, cfg):
 
 def run(args: argparse.Namespace) -> int:
     from detect.errors import CheckpointError, ConfigError
-    from detect.export.int8 import calibration_images, quantize_onnx
+    from detect.export.int8 import calibration_images, quantize_onnx, require_a_readable_image
     from detect.export.onnx_export import DEFAULT_OPSET, export_onnx, parity_report
     from detect.inference.loading import load_model
     from detect.inference.predictor import Predictor
@@ -94,13 +94,15 @@ def run(args: argparse.Namespace) -> int:
         raise CheckpointError(f"--checkpoint {args.checkpoint}: already ONNX; export from the .pth checkpoint")
     if args.calibration_images < 1 or args.check_images < 0:
         raise ConfigError("--calibration-images must be at least 1, --check-images at least 0")
-    fp32, int8 = output_files(args)
     model, cfg = load_model(args.checkpoint, overrides=list(args.overrides) + ["device=cpu"])
+    if args.int8:  # a calibration set that cannot serve stops the command before the export, not after it
+        paths, source = calibration_paths(args.calibration, cfg)
+        require_a_readable_image(paths, source)
+    fp32, int8 = output_files(args)
     summary = export_onnx(model, cfg, fp32, opset=args.opset or DEFAULT_OPSET)
     print(f"wrote {fp32} ({summary['bytes'] / 1e6:.1f} MB, opset {summary['opset']}, images of at least "
           f"{summary['min_side']} px per side)")
     if int8 is not None:
-        paths, source = calibration_paths(args.calibration, cfg)
         onnx_predictor = Predictor.from_checkpoint(fp32, device="cpu")
         q = quantize_onnx(fp32, int8, calibration_images(onnx_predictor, paths, args.calibration_images),
                           source=source)

@@ -53,6 +53,25 @@ def calibration_images(predictor, paths: Iterable[Union[str, Path]], limit: int)
         yield predictor.prepare(image)[0][None].numpy()
 
 
+def require_a_readable_image(paths: Iterable[Union[str, Path]], source: str) -> None:
+    """Raise :class:`DatasetError` unless one of ``paths`` reads as an image (the files that do not
+    are reported): checked before an export, so a calibration set that cannot serve stops the
+    command before it writes anything."""
+    from detect.data.image_io import read_image
+
+    for path in paths:
+        try:
+            read_image(path)
+            return
+        except ImageReadError as e:
+            logger.warning("calibration image skipped: %s", e)
+    raise no_calibration_image(source)
+
+
+def no_calibration_image(source: str) -> DatasetError:
+    return DatasetError(f"{source}: no readable calibration image; int8 calibration needs at least one")
+
+
 def quantize_onnx(fp32_path: Union[str, Path], output: Union[str, Path], images: Iterable[np.ndarray],
                   source: str = "the calibration set", per_channel: bool = True,
                   reduce_range: Optional[bool] = None) -> dict:
@@ -68,7 +87,7 @@ def quantize_onnx(fp32_path: Union[str, Path], output: Union[str, Path], images:
     images = iter(images)
     first = next(images, None)
     if first is None:  # checked here: ONNX Runtime's own error ("No data is collected") names nothing
-        raise DatasetError(f"{source}: no readable calibration image; int8 calibration needs at least one")
+        raise no_calibration_image(source)
 
     class Reader(CalibrationDataReader):
         def __init__(self):

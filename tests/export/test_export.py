@@ -367,7 +367,8 @@ def test_export_tool_end_to_end_and_its_bad_input(trained, tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == f"error: {empty}: no readable calibration image; int8 calibration " \
                                                 "needs at least one"
-    assert not (tmp_path / "n" / "model_int8.onnx").exists()
+    assert f"calibration image skipped: {empty / 'a.jpg'}" in r.stderr
+    assert not (tmp_path / "n").exists()  # said before the export: nothing written
     r = _run("export.py", "--checkpoint", trained["onnx"], "--output-dir", tmp_path / "o")
     assert r.returncode == 2 and "already ONNX" in r.stderr
 
