@@ -205,6 +205,8 @@ KEYS: List[Key] = [
         types=(int, list), items=int, bounds=POSITIVE),
     Key("input.min_size_test", 600, "short side when testing", types=(int,), bounds=POSITIVE, test_time=True),
     Key("input.max_size", 1000, "cap on the long side", bounds=POSITIVE, test_time=True),
+    Key("input.scale_jitter", 0.0, "multi-scale training: each image's resize times a gain drawn from "
+                                   "[1 - j, 1 + j] (slower steps on a CPU: docs/recipe.md)", bounds=(0, 0.9)),
     Key("input.flip_prob", 0.5, "horizontal flip probability in training", bounds=FRACTION),
     Key("input.color_jitter", 0.0, "colour jitter strength in training", bounds=NONNEGATIVE),
     Key("input.crop_prob", 0.0, "random crop keeping every box whole, before the resize (zooms in)",

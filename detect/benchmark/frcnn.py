@@ -185,11 +185,16 @@ def with_classes(cfg: Config, class_names: Sequence[str]) -> Config:
     return config_from_dict(data, source="benchmark")
 
 
+# what a dataset's config decides of the recipe that fine-tunes on it; the augmentation stays the recipe's
+DATASET_INPUT_KEYS = ("min_size", "min_size_test", "max_size")
+
+
 def finetune_config(cfg: Config, recipe: Config) -> Config:
-    """``recipe`` (e.g. ``configs/faster_rcnn/finetune.yaml``) on ``cfg``'s data: its ``data`` and
-    ``input`` sections replaced by ``cfg``'s (the dataset and its image sizes)."""
-    data = recipe.to_dict()
-    data.update(data=cfg.to_dict()["data"], input=cfg.to_dict()["input"])
+    """``recipe`` (e.g. ``configs/faster_rcnn/finetune.yaml``) on ``cfg``'s data: its ``data`` section
+    and its image sizes (:data:`DATASET_INPUT_KEYS`) replaced by ``cfg``'s."""
+    data, dataset = recipe.to_dict(), cfg.to_dict()
+    data["data"] = dataset["data"]
+    data["input"].update({k: dataset["input"][k] for k in DATASET_INPUT_KEYS})
     return config_from_dict(data, source="benchmark")
 
 

@@ -1,9 +1,11 @@
 """Training and test transforms, on albumentations and its box support.
 
 Resizing follows the R-CNN papers: the short side becomes ``min_size`` (one drawn at random from a
-list for multi-scale training) unless that makes the long side exceed ``max_size``. The test-time
-transform is the same resize with no randomness; the scale it applied is kept in the target
-(``scale``: x and y factors) so predictions can be mapped back to the original file.
+list for multi-scale training) unless that makes the long side exceed ``max_size``; in training a
+scale jitter may then multiply that factor by a random gain in ``[1 - jitter, 1 + jitter]``
+(multi-scale training relative to whatever size the data has). The test-time transform is the same
+resize with no randomness; the scale it applied is kept in the target (``scale``: x and y factors)
+so predictions can be mapped back to the original file.
 """
 from __future__ import annotations
 
@@ -21,27 +23,36 @@ Size = Union[int, Sequence[int]]
 
 class ResizeShortestEdge(MaxSizeTransform):
     """Scale so the short side is ``min_size`` (random choice from a list), the long side at most
-    ``max_size``; one resize, aspect ratio kept. Boxes follow (albumentations keeps them normalised)."""
+    ``max_size``, then by a gain drawn uniformly from ``[1 - jitter, 1 + jitter]`` (the cap moves with
+    it, as in MMDetection's ``RandomResize(ratio_range=...)``); one resize, aspect ratio kept. Boxes
+    follow (albumentations keeps them normalised)."""
 
-    def __init__(self, min_size: Size, max_size: int, interpolation: int = cv2.INTER_LINEAR, p: float = 1.0):
+    def __init__(self, min_size: Size, max_size: int, interpolation: int = cv2.INTER_LINEAR, p: float = 1.0,
+                 jitter: float = 0.0):
         sizes = [int(min_size)] if isinstance(min_size, (int, float)) else [int(s) for s in min_size]
         if not sizes or min(sizes) <= 0 or max_size <= 0:
             raise ValueError(f"sizes must be positive: min_size={min_size}, max_size={max_size}")
+        if not 0.0 <= jitter < 1.0:
+            raise ValueError(f"the scale jitter must be in [0, 1), got {jitter}")
         super().__init__(max_size=sizes, interpolation=interpolation, p=p)
         self.min_sizes = sizes
         self.long_max = int(max_size)
+        self.jitter = float(jitter)
 
     def get_params_dependent_on_data(self, params: Dict[str, Any], data: Dict[str, Any]) -> Dict[str, Any]:
         height, width = params["shape"][:2]
         short = self.py_random.choice(self.min_sizes) if len(self.min_sizes) > 1 else self.min_sizes[0]
-        return {"scale": self.scale_for(short, height, width)}
+        gain = self.py_random.uniform(1.0 - self.jitter, 1.0 + self.jitter) if self.jitter else 1.0
+        return {"scale": self.scale_for(short, height, width) * gain}
 
     def scale_for(self, short: int, height: int, width: int) -> float:
         return min(short / min(height, width), self.long_max / max(height, width))
 
     def possible_scales(self, height: int, width: int):
-        """Every factor this resize can apply to a ``height x width`` image."""
-        return [self.scale_for(short, height, width) for short in self.min_sizes]
+        """The factors this resize can apply to a ``height x width`` image: each size's, and with a
+        jitter the two ends of its range too (the range is continuous; its ends bound the boxes)."""
+        gains = [1.0 - self.jitter, 1.0, 1.0 + self.jitter] if self.jitter else [1.0]
+        return [self.scale_for(short, height, width) * g for short in self.min_sizes for g in gains]
 
 
 class ScaleBy(MaxSizeTransform):
@@ -76,13 +87,17 @@ class DetectionTransform:
             crop is enlarged to the training size: objects appear larger than in the whole image).
         color_jitter: strength of brightness / contrast / saturation jitter (0 disables; hue moves
             a tenth as far), applied to half of the training images.
+        scale_jitter: when training, the resize's factor times a gain drawn from
+            ``[1 - scale_jitter, 1 + scale_jitter]`` (0 disables).
     """
 
     def __init__(self, min_size: Size, max_size: int, train: bool = False, flip_prob: float = 0.5,
                  color_jitter: float = 0.0, crop_prob: float = 0.0, fixed_scale: Optional[float] = None,
-                 tile_crop_prob: float = 0.0, tile_size: int = 0, tile_scale: float = 1.0):
+                 tile_crop_prob: float = 0.0, tile_size: int = 0, tile_scale: float = 1.0,
+                 scale_jitter: float = 0.0):
         self.resize = ScaleBy(fixed_scale) if fixed_scale else \
-            ResizeShortestEdge(min_size if train else _first(min_size), max_size)
+            ResizeShortestEdge(min_size if train else _first(min_size), max_size,
+                               jitter=scale_jitter if train else 0.0)
         steps = [A.BBoxSafeRandomCrop(p=crop_prob)] if train and crop_prob > 0 else []
         steps.append(self.resize)
         self.train = train
@@ -173,5 +188,6 @@ def build_transforms(cfg, train: bool) -> DetectionTransform:
     inp, tiles = cfg.input, cfg.model.tiles
     return DetectionTransform(inp.min_size if train else inp.min_size_test, inp.max_size, train=train,
                               flip_prob=inp.flip_prob, color_jitter=inp.color_jitter, crop_prob=inp.crop_prob,
+                              scale_jitter=inp.scale_jitter,
                               fixed_scale=tiles.scale if tiles.size and not train else None,
                               tile_crop_prob=inp.tile_crop_prob, tile_size=tiles.size, tile_scale=tiles.scale)

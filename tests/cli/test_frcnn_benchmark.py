@@ -85,6 +85,19 @@ train: {{batch_size: 2, checkpoint_period: 0, log_period: 1}}
     assert list(rows["second"]["detect"]["per_class_AP50"]) == ["triangle", "ellipse", "rectangle"]
 
 
+def test_the_fine_tuning_recipe_takes_the_datasets_paths_and_sizes_and_keeps_its_augmentation(tmp_path):
+    from detect.benchmark.frcnn import finetune_config
+
+    dataset = load_config(REPO / "configs/faster_rcnn/bccd.yaml", ["input.min_size=416", "input.max_size=600",
+                                                                    "input.color_jitter=0.4"])
+    recipe = load_config(REPO / "configs/faster_rcnn/finetune.yaml", ["input.scale_jitter=0.2", "input.min_size=800"])
+    tuned = finetune_config(dataset, recipe)
+    assert tuned.data.to_dict() == dataset.data.to_dict() and tuned.data.train.format == "voc"
+    assert (tuned.input.min_size, tuned.input.min_size_test, tuned.input.max_size) == (416, 480, 600)
+    assert tuned.input.scale_jitter == 0.2 and tuned.input.color_jitter == 0.0  # the recipe's
+    assert tuned.model.backbone.name == "efficientnet_lite0"
+
+
 def test_the_runs_of_the_accuracy_comparison_are_checked_before_anything_trains():
     r = subprocess.run([sys.executable, str(REPO / "tools" / "benchmark.py"), "frcnn", "--config", "x.yaml",
                         "--train-minutes", "1", "--runs", "detect", "fine_tuned"],

@@ -73,6 +73,38 @@ def test_built_from_config():
         DetectionTransform(0, 100)
 
 
+def test_scale_jitter_moves_the_size_and_its_cap_within_the_range():
+    # 480x640 at min 480 / max 640 is scale 1; a jitter of 0.2 draws the factor from [0.8, 1.2], the cap
+    # moving with it (640 * 1.2 = 768 px long side), and the boxes follow
+    image = np.zeros((480, 640, 3), np.uint8)
+    tr = DetectionTransform(480, 640, train=True, flip_prob=0.0, scale_jitter=0.2)
+    tr.set_seed(0)
+    factors = []
+    for _ in range(40):
+        out, t = tr(image, target([[64, 48, 128, 96]]))
+        sx, sy = t["scale"]
+        assert 0.8 - 1e-3 <= sx <= 1.2 + 1e-3 and abs(sx - sy) < 5e-3
+        assert out.shape[:2] == (round(480 * sy), round(640 * sx))
+        np.testing.assert_allclose(t["boxes"][0], [64 * sx, 48 * sy, 128 * sx, 96 * sy], atol=0.05)
+        factors.append(sx)
+    assert min(factors) < 0.85 and max(factors) > 1.15  # both ends of the range are reached
+    assert tr.possible_scales(480, 640) == pytest.approx([0.8, 1.0, 1.2])
+    # the cap applies before the gain: 100x1000 at min 200 / max 500 is scale 0.5, then 0.4-0.6
+    assert DetectionTransform(200, 500, train=True, scale_jitter=0.2).possible_scales(100, 1000) == \
+        pytest.approx([0.4, 0.5, 0.6])
+
+
+def test_scale_jitter_is_for_training_only():
+    cfg = load_config(None, ["input.min_size=480", "input.min_size_test=480", "input.max_size=640",
+                             "input.scale_jitter=0.3"])
+    out, t = build_transforms(cfg, train=False)(np.zeros((480, 640, 3), np.uint8), target([]))
+    assert out.shape[:2] == (480, 640) and t["scale"] == (1.0, 1.0)
+    assert build_transforms(cfg, train=False).possible_scales(480, 640) == [1.0]
+    assert build_transforms(cfg, train=True).resize.jitter == 0.3
+    with pytest.raises(ValueError, match="jitter"):
+        DetectionTransform(480, 640, train=True, scale_jitter=1.0)
+
+
 def test_box_safe_crop_keeps_every_box_whole():
     crop = DetectionTransform(100, 1000, train=True, flip_prob=0.0, crop_prob=1.0)
     image = np.zeros((200, 300, 3), np.uint8)
