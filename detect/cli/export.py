@@ -85,7 +85,7 @@ def calibration_paths(source, cfg):
 
 def run(args: argparse.Namespace) -> int:
     from detect.errors import CheckpointError, ConfigError
-    from detect.export.int8 import calibration_images, quantize_onnx, require_a_readable_image
+    from detect.export.int8 import calibration_images, from_first_readable, quantize_onnx
     from detect.export.onnx_export import DEFAULT_OPSET, export_onnx, parity_report
     from detect.inference.loading import load_model
     from detect.inference.predictor import Predictor
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     model, cfg = load_model(args.checkpoint, overrides=list(args.overrides) + ["device=cpu"])
     if args.int8:  # a calibration set that cannot serve stops the command before the export, not after it
         paths, source = calibration_paths(args.calibration, cfg)
-        require_a_readable_image(paths, source)
+        paths = from_first_readable(paths, source)
     fp32, int8 = output_files(args)
     summary = export_onnx(model, cfg, fp32, opset=args.opset or DEFAULT_OPSET)
     print(f"wrote {fp32} ({summary['bytes'] / 1e6:.1f} MB, opset {summary['opset']}, images of at least "

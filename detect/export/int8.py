@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional, Union
+from typing import Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -53,16 +53,16 @@ def calibration_images(predictor, paths: Iterable[Union[str, Path]], limit: int)
         yield predictor.prepare(image)[0][None].numpy()
 
 
-def require_a_readable_image(paths: Iterable[Union[str, Path]], source: str) -> None:
-    """Raise :class:`DatasetError` unless one of ``paths`` reads as an image (the files that do not
-    are reported): checked before an export, so a calibration set that cannot serve stops the
-    command before it writes anything."""
+def from_first_readable(paths: Sequence[Union[str, Path]], source: str) -> List[Union[str, Path]]:
+    """``paths`` from the first that reads as an image on (those before it reported and dropped);
+    :class:`DatasetError` when none does. Run before an export, so that a calibration set that
+    cannot serve stops the command before it writes anything."""
     from detect.data.image_io import read_image
 
-    for path in paths:
+    for i, path in enumerate(paths):
         try:
             read_image(path)
-            return
+            return list(paths[i:])
         except ImageReadError as e:
             logger.warning("calibration image skipped: %s", e)
     raise no_calibration_image(source)

@@ -373,6 +373,19 @@ def test_export_tool_end_to_end_and_its_bad_input(trained, tmp_path):
     assert r.returncode == 2 and "already ONNX" in r.stderr
 
 
+def test_calibration_starts_at_the_first_readable_image_and_none_is_an_error(tmp_path, caplog):
+    from detect.errors import DatasetError
+    from detect.export.int8 import from_first_readable
+
+    (tmp_path / "a.jpg").write_bytes(b"broken")
+    cv2.imwrite(str(tmp_path / "b.png"), np.zeros((8, 8, 3), np.uint8))
+    paths = [tmp_path / "a.jpg", tmp_path / "b.png", tmp_path / "a.jpg"]
+    assert from_first_readable(paths, "here") == paths[1:]
+    assert f"calibration image skipped: {tmp_path / 'a.jpg'}" in caplog.text
+    with pytest.raises(DatasetError, match="^there: no readable calibration image; int8 calibration needs at least one$"):
+        from_first_readable(paths[:1], "there")
+
+
 def test_deploy_benchmark_times_and_scores_each_backend_on_the_same_model(trained, tmp_path):
     from detect.benchmark.deploy import format_deploy, run_deploy_benchmark
 
