@@ -85,7 +85,7 @@ train: {{batch_size: 2, checkpoint_period: 0, log_period: 1}}
     assert list(rows["second"]["detect"]["per_class_AP50"]) == ["triangle", "ellipse", "rectangle"]
 
 
-def test_the_fine_tuning_recipe_takes_the_datasets_paths_and_sizes_and_keeps_its_augmentation(tmp_path):
+def test_the_fine_tuning_recipe_takes_the_datasets_paths_and_sizes_and_keeps_its_augmentation():
     from detect.benchmark.frcnn import finetune_config
 
     dataset = load_config(REPO / "configs/faster_rcnn/bccd.yaml", ["input.min_size=416", "input.max_size=600",
